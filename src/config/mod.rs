@@ -1,0 +1,820 @@
+//! The configuration: reading a TOML file into a validated `Config`.
+//!
+//! A `Config` that exists is a valid one: every cross-reference resolved, every number in range.
+//! `load` reports all problems at once (file, line, key), which is what `l4relay check` prints.
+//! Runtime objects (sockets, pools with live counters) are built from it elsewhere; this module
+//! does no I/O beyond reading the file and never resolves DNS names.
+
+mod reader;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::de::DeTable;
+
+pub use reader::{parse_duration, parse_size, ConfigError};
+use reader::{At, Diagnostics, Section};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub global: Global,
+    pub admin: Admin,
+    pub drain: Drain,
+    pub listeners: Vec<ListenerConfig>,
+    pub pools: Vec<PoolConfig>,
+    /// Valid but risky settings, shown by `check` and logged at start.
+    pub warnings: Vec<ConfigError>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Process-wide limit on concurrent client connections.
+    pub max_connections: usize,
+    /// Worker threads, each with its own accept loops; 0 in the file means one per CPU.
+    pub workers: usize,
+    /// Diagnostics level for stderr, unless `RUST_LOG` is set.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Leave connections that carried no payload either way out of the access log.
+    pub log_skip_empty: bool,
+    pub relay: RelayMode,
+    pub pipe_size: usize,
+    pub buffer_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+    Off,
+}
+
+/// How bytes are moved between the two sockets of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    /// Copy small exchanges, switch to splice once a connection carries volume.
+    Auto,
+    /// splice(2) from the first byte (Linux).
+    Splice,
+    /// A user-space buffer per direction.
+    Copy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// None: no admin listener.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Drain {
+    pub announce: Duration,
+    pub deadline: Duration,
+    pub close_spread: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keepalive {
+    /// None: no TCP keepalive probes.
+    pub idle: Option<Duration>,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Index into `Config::pools`.
+    pub pool: usize,
+    pub proxy_protocol: ProxyProtocol,
+    /// Peers allowed to send a PROXY header; empty means any peer.
+    pub proxy_protocol_from: Vec<IpNet>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub allow_vpce: Vec<String>,
+    /// None: only the process-wide limit applies.
+    pub max_connections: Option<usize>,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub backlog: u32,
+    pub keepalive: Keepalive,
+    pub relay: RelayMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+    RandomTwo,
+    SourceHash,
+    First,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub retries: u32,
+    pub keepalive: Keepalive,
+    pub servers: Vec<ServerConfig>,
+}
+
+/// Where a server is: a literal socket address, or a name resolved by the runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddress {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddress::Ip(addr) => write!(f, "{addr}"),
+            ServerAddress::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub address: ServerAddress,
+    pub weight: u32,
+    pub backup: bool,
+    /// None: unlimited.
+    pub max_connections: Option<u32>,
+}
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const MAX_WEIGHT: u64 = 256;
+
+impl Config {
+    /// Reads and validates `path`; on failure returns every problem found.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                file: path.display().to_string(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+        let mut diag = Diagnostics::new(path, text);
+        let doc = match DeTable::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                reader::syntax_error(&mut diag, &e);
+                return Err(diag.errors);
+            }
+        };
+        let config = read_config(path, &doc, &mut diag);
+        if diag.errors.is_empty() {
+            let mut config = config;
+            config.warnings = diag.warnings;
+            Ok(config)
+        } else {
+            Err(diag.errors)
+        }
+    }
+
+    pub fn pool_by_name(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+fn read_config(
+    path: &Path,
+    doc: &toml::Spanned<DeTable<'_>>,
+    diag: &mut Diagnostics<'_>,
+) -> Config {
+    let mut root = Section::root(doc);
+
+    let global = match root.table(diag, "global") {
+        Some(mut s) => {
+            let g = read_global(&mut s, diag);
+            s.finish(diag);
+            g
+        }
+        None => read_global(&mut Section::root(&empty_table()), diag),
+    };
+    let admin = match root.table(diag, "admin") {
+        Some(mut s) => {
+            let a = read_admin(&mut s, diag);
+            s.finish(diag);
+            a
+        }
+        None => Admin {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        },
+    };
+    let drain = match root.table(diag, "drain") {
+        Some(mut s) => {
+            let d = read_drain(&mut s, diag);
+            s.finish(diag);
+            d
+        }
+        None => read_drain(&mut Section::root(&empty_table()), diag),
+    };
+
+    let mut pools = Vec::new();
+    let mut pool_names: HashMap<String, usize> = HashMap::new();
+    for mut section in root.tables(diag, "pool") {
+        if let Some(pool) = read_pool(&mut section, diag) {
+            if pool_names.contains_key(&pool.name.value) {
+                diag.error(
+                    &pool.name.span,
+                    &pool.name.key,
+                    format!("duplicate pool name \"{}\"", pool.name.value),
+                );
+            } else {
+                pool_names.insert(pool.name.value.clone(), pools.len());
+                pools.push(pool.config);
+            }
+        }
+        section.finish(diag);
+    }
+
+    let mut listeners = Vec::new();
+    let mut listener_names: Vec<String> = Vec::new();
+    let mut listen_addrs: Vec<SocketAddr> = Vec::new();
+    for mut section in root.tables(diag, "listener") {
+        if let Some(l) = read_listener(&mut section, diag, &global, &pool_names) {
+            if listener_names.contains(&l.name.value) {
+                diag.error(
+                    &l.name.span,
+                    &l.name.key,
+                    format!("duplicate listener name \"{}\"", l.name.value),
+                );
+            } else if listen_addrs.contains(&l.listen.value) {
+                diag.error(
+                    &l.listen.span,
+                    &l.listen.key,
+                    format!("{} is already used by another listener", l.listen.value),
+                );
+            } else {
+                listener_names.push(l.name.value.clone());
+                listen_addrs.push(l.listen.value);
+                listeners.push(l.config);
+            }
+        }
+        section.finish(diag);
+    }
+    if listeners.is_empty() && diag.errors.is_empty() {
+        diag.error(
+            &root.span(),
+            "listener",
+            "at least one [[listener]] is required",
+        );
+    }
+    if let Some(addr) = admin.listen {
+        if listen_addrs.contains(&addr) {
+            diag.error(
+                &(0..0),
+                "admin.listen",
+                format!("{addr} is also a listener's address"),
+            );
+        }
+    }
+    root.finish(diag);
+
+    Config {
+        path: path.to_path_buf(),
+        global,
+        admin,
+        drain,
+        listeners,
+        pools,
+        warnings: Vec::new(),
+    }
+}
+
+fn empty_table() -> toml::Spanned<DeTable<'static>> {
+    toml::Spanned::new(0..0, DeTable::new())
+}
+
+const RELAY_MODES: &[(&str, RelayMode)] = &[
+    ("auto", RelayMode::Auto),
+    ("splice", RelayMode::Splice),
+    ("copy", RelayMode::Copy),
+];
+
+fn read_global(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Global {
+    let max_connections = s.integer(
+        diag,
+        "max_connections",
+        1..=10_000_000,
+        DEFAULT_MAX_CONNECTIONS as u64,
+    ) as usize;
+    let workers = s.integer(diag, "workers", 0..=1024, 0) as usize;
+    let log_level = s
+        .parsed(diag, "log_level", |v| match v {
+            "error" | "warn" | "info" | "debug" | "trace" => Ok(v.to_string()),
+            _ => Err(format!(
+                "\"{v}\" is not one of \"error\", \"warn\", \"info\", \"debug\", \"trace\""
+            )),
+        })
+        .unwrap_or_else(|| "info".to_string());
+    let log_format = s.choice(
+        diag,
+        "log_format",
+        &[
+            ("text", LogFormat::Text),
+            ("json", LogFormat::Json),
+            ("off", LogFormat::Off),
+        ],
+        LogFormat::Text,
+    );
+    let log_skip_empty = s.bool(diag, "log_skip_empty", false);
+    let relay = s.choice(diag, "relay", RELAY_MODES, RelayMode::Auto);
+    let pipe_size = bounded_size(s, diag, "pipe_size", 64 << 10, 4 << 10, 16 << 20);
+    let buffer_size = bounded_size(s, diag, "buffer_size", 64 << 10, 1 << 10, 16 << 20);
+    Global {
+        max_connections,
+        workers,
+        log_level,
+        log_format,
+        log_skip_empty,
+        relay,
+        pipe_size,
+        buffer_size,
+    }
+}
+
+fn bounded_size(
+    s: &mut Section<'_, '_>,
+    diag: &mut Diagnostics<'_>,
+    key: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> usize {
+    s.parsed(diag, key, |v| {
+        let n = parse_size(v)?;
+        if (min..=max).contains(&n) {
+            Ok(n as usize)
+        } else {
+            Err(format!("must be from {min} to {max} bytes"))
+        }
+    })
+    .unwrap_or(default as usize)
+}
+
+fn read_admin(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Admin {
+    let listen = match s.string(diag, "listen") {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        Some(at) if at.value == "off" => None,
+        Some(at) => match parse_socket_addr(&at.value) {
+            Ok(addr) => Some(addr),
+            Err(message) => {
+                diag.error(&at.span, &at.key, message);
+                None
+            }
+        },
+    };
+    Admin { listen }
+}
+
+fn read_drain(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Drain {
+    Drain {
+        announce: s.duration(diag, "announce", Duration::from_secs(65)),
+        deadline: s.duration(diag, "deadline", Duration::from_secs(300)),
+        close_spread: s.duration(diag, "close_spread", Duration::from_secs(10)),
+    }
+}
+
+fn read_keepalive(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Keepalive {
+    let enabled = s.bool(diag, "keepalive", true);
+    let idle = s.duration(diag, "keepalive_idle", Duration::from_secs(60));
+    let interval = s.duration(diag, "keepalive_interval", Duration::from_secs(10));
+    let count = s.integer(diag, "keepalive_count", 1..=127, 3) as u32;
+    for (key, value) in [("keepalive_idle", idle), ("keepalive_interval", interval)] {
+        if value < Duration::from_secs(1) || value > Duration::from_secs(32767) {
+            diag.error(
+                &s.span(),
+                &s.key_path(key),
+                "must be from 1s to 32767s (whole seconds)",
+            );
+        }
+    }
+    Keepalive {
+        idle: enabled.then_some(idle),
+        interval,
+        count,
+    }
+}
+
+struct ReadListener {
+    name: At<String>,
+    listen: At<SocketAddr>,
+    config: ListenerConfig,
+}
+
+fn read_listener(
+    s: &mut Section<'_, '_>,
+    diag: &mut Diagnostics<'_>,
+    global: &Global,
+    pools: &HashMap<String, usize>,
+) -> Option<ReadListener> {
+    let name = s.required_string(diag, "name");
+    let listen =
+        s.required_string(diag, "listen")
+            .and_then(|at| match parse_socket_addr(&at.value) {
+                Ok(addr) => Some(At {
+                    value: addr,
+                    span: at.span,
+                    key: at.key,
+                }),
+                Err(message) => {
+                    diag.error(&at.span, &at.key, message);
+                    None
+                }
+            });
+    let pool = s
+        .required_string(diag, "pool")
+        .and_then(|at| match pools.get(&at.value) {
+            Some(&index) => Some(index),
+            None => {
+                diag.error(
+                    &at.span,
+                    &at.key,
+                    format!("no [[pool]] named \"{}\"", at.value),
+                );
+                None
+            }
+        });
+    let proxy_protocol = s.choice(
+        diag,
+        "proxy_protocol",
+        &[
+            ("off", ProxyProtocol::Off),
+            ("v1", ProxyProtocol::V1),
+            ("v2", ProxyProtocol::V2),
+            ("any", ProxyProtocol::Any),
+        ],
+        ProxyProtocol::Off,
+    );
+    let proxy_protocol_from = values(s.list(diag, "proxy_protocol_from", parse_cidr));
+    let allow = values(s.list(diag, "allow", parse_cidr));
+    let deny = values(s.list(diag, "deny", parse_cidr));
+    let allow_vpce = values(s.list(diag, "allow_vpce", parse_vpce));
+    let max_connections = s
+        .integer_at(diag, "max_connections", 1..=10_000_000)
+        .map(|at| at.value as usize);
+    let handshake_timeout = s.duration(diag, "handshake_timeout", Duration::from_secs(5));
+    let idle_timeout = s.duration(diag, "idle_timeout", Duration::from_secs(900));
+    let backlog = s.integer(diag, "backlog", 1..=65535, 4096) as u32;
+    let keepalive = read_keepalive(s, diag);
+    let relay = s.choice(diag, "relay", RELAY_MODES, global.relay);
+
+    if proxy_protocol == ProxyProtocol::Off && !proxy_protocol_from.is_empty() {
+        diag.error(
+            &s.span(),
+            &s.key_path("proxy_protocol_from"),
+            "set, but proxy_protocol is \"off\"",
+        );
+    }
+    if proxy_protocol == ProxyProtocol::Off && !allow_vpce.is_empty() {
+        diag.error(
+            &s.span(),
+            &s.key_path("allow_vpce"),
+            "needs proxy_protocol = \"v2\" or \"any\": the VPC endpoint ID only arrives in the PROXY v2 header",
+        );
+    }
+    if proxy_protocol != ProxyProtocol::Off && allow.is_empty() && allow_vpce.is_empty() {
+        diag.warn(
+            &s.span(),
+            &s.path().to_string(),
+            "accepts PROXY protocol but has no allow or allow_vpce list: any consumer of the endpoint may connect",
+        );
+    }
+    if idle_timeout.is_zero() {
+        diag.error(
+            &s.span(),
+            &s.key_path("idle_timeout"),
+            "must be greater than zero",
+        );
+    }
+
+    let (name, listen, pool) = (name?, listen?, pool?);
+    Some(ReadListener {
+        config: ListenerConfig {
+            name: name.value.clone(),
+            listen: listen.value,
+            pool,
+            proxy_protocol,
+            proxy_protocol_from,
+            allow,
+            deny,
+            allow_vpce,
+            max_connections,
+            handshake_timeout,
+            idle_timeout,
+            backlog,
+            keepalive,
+            relay,
+        },
+        name,
+        listen,
+    })
+}
+
+struct ReadPool {
+    name: At<String>,
+    config: PoolConfig,
+}
+
+fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<ReadPool> {
+    let name = s.required_string(diag, "name");
+    let balance = s.choice(
+        diag,
+        "balance",
+        &[
+            ("round-robin", Balance::RoundRobin),
+            ("least-connections", Balance::LeastConnections),
+            ("random-two", Balance::RandomTwo),
+            ("source-hash", Balance::SourceHash),
+            ("first", Balance::First),
+        ],
+        Balance::RoundRobin,
+    );
+    let connect_timeout = s.duration(diag, "connect_timeout", Duration::from_secs(3));
+    if connect_timeout.is_zero() {
+        diag.error(
+            &s.span(),
+            &s.key_path("connect_timeout"),
+            "must be greater than zero",
+        );
+    }
+    let retries = s.integer(diag, "retries", 0..=100, 2) as u32;
+    let keepalive = read_keepalive(s, diag);
+
+    let mut servers: Vec<ServerConfig> = Vec::new();
+    let sections = s.tables(diag, "server");
+    if sections.is_empty() {
+        diag.error(
+            &s.span(),
+            &s.key_path("server"),
+            "a pool needs at least one [[pool.server]]",
+        );
+    }
+    for mut section in sections {
+        if let Some((server, name_span)) = read_server(&mut section, diag) {
+            if servers.iter().any(|other| other.name == server.name) {
+                diag.error(
+                    &name_span,
+                    &section.key_path("name"),
+                    format!("duplicate server name \"{}\" in this pool", server.name),
+                );
+            } else {
+                servers.push(server);
+            }
+        }
+        section.finish(diag);
+    }
+    let name = name?;
+    Some(ReadPool {
+        config: PoolConfig {
+            name: name.value.clone(),
+            balance,
+            connect_timeout,
+            retries,
+            keepalive,
+            servers,
+        },
+        name,
+    })
+}
+
+fn read_server(
+    s: &mut Section<'_, '_>,
+    diag: &mut Diagnostics<'_>,
+) -> Option<(ServerConfig, std::ops::Range<usize>)> {
+    let address = s.required_string(diag, "address");
+    let name = s.string(diag, "name");
+    let weight = s.integer(diag, "weight", 1..=MAX_WEIGHT, 1) as u32;
+    let backup = s.bool(diag, "backup", false);
+    let max_connections = s
+        .integer_at(diag, "max_connections", 1..=10_000_000)
+        .map(|at| at.value as u32);
+    let address_at = address?;
+    let parsed = match parse_server_address(&address_at.value) {
+        Ok(a) => a,
+        Err(message) => {
+            diag.error(&address_at.span, &address_at.key, message);
+            return None;
+        }
+    };
+    let (name, span) = match name {
+        Some(at) if at.value.is_empty() => {
+            diag.error(&at.span, &at.key, "must not be empty");
+            return None;
+        }
+        Some(at) => (at.value, at.span),
+        None => (address_at.value.clone(), address_at.span),
+    };
+    Some((
+        ServerConfig {
+            name,
+            address: parsed,
+            weight,
+            backup,
+            max_connections,
+        },
+        span,
+    ))
+}
+
+fn values<T>(list: Vec<At<T>>) -> Vec<T> {
+    list.into_iter().map(|at| at.value).collect()
+}
+
+/// "IP:port" or "[IPv6]:port".
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("\"{text}\" is not an address: write \"IP:port\", e.g. \"0.0.0.0:8443\" or \"[::]:8443\""))
+}
+
+/// "IP:port", "[IPv6]:port" or "hostname:port".
+pub fn parse_server_address(text: &str) -> Result<ServerAddress, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("\"{text}\": port 0 is not a server port"));
+        }
+        return Ok(ServerAddress::Ip(addr));
+    }
+    let bad = || {
+        format!("\"{text}\" is not an address: write \"host:port\", e.g. \"10.0.1.5:443\" or \"myresource.openai.azure.com:443\"")
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+        });
+    if !valid_host || port == 0 {
+        return Err(bad());
+    }
+    Ok(ServerAddress::Name {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("\"{text}\" is not an address or CIDR, e.g. \"10.0.0.0/8\""))
+}
+
+fn parse_vpce(text: &str) -> Result<String, String> {
+    let valid = text.len() <= 64
+        && text
+            .strip_prefix("vpce-")
+            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    if valid {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "\"{text}\" is not a VPC endpoint ID (\"vpce-\" followed by hex digits)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse(Path::new("t.toml"), text)
+            .map_err(|errs| errs.iter().map(|e| e.to_string()).collect())
+    }
+
+    const MINIMAL: &str = r#"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:8443"
+pool = "p"
+
+[[pool]]
+name = "p"
+  [[pool.server]]
+  address = "127.0.0.1:9000"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.global.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.listeners[0].idle_timeout, Duration::from_secs(900));
+        assert_eq!(c.listeners[0].keepalive.idle, Some(Duration::from_secs(60)));
+        assert_eq!(c.listeners[0].max_connections, None);
+        assert_eq!(c.pools[0].retries, 2);
+        assert_eq!(c.pools[0].servers[0].name, "127.0.0.1:9000");
+        assert_eq!(c.pools[0].servers[0].weight, 1);
+        assert_eq!(c.drain.announce, Duration::from_secs(65));
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+    }
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let text = r#"
+[global]
+max_conections = 5
+
+[[listener]]
+name = "l"
+listen = "127.0.0.1:99999"
+pool = "nope"
+idle_timeout = "5 minutes"
+
+[[pool]]
+name = "p"
+balance = "fastest"
+  [[pool.server]]
+  address = "127.0.0.1:9000"
+  weight = 0
+"#;
+        let errors = parse(text).unwrap_err();
+        let expect = [
+            "t.toml:3:1: global.max_conections: unknown key",
+            "t.toml:7:10: listener[0].listen:",
+            "t.toml:8:8: listener[0].pool: no [[pool]] named \"nope\"",
+            "t.toml:9:16: listener[0].idle_timeout:",
+            "t.toml:13:11: pool[0].balance:",
+            "t.toml:16:12: pool[0].server[0].weight: must be an integer from 1 to 256",
+        ];
+        for e in expect {
+            assert!(
+                errors.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            parse_server_address("10.0.0.1:443"),
+            Ok(ServerAddress::Ip("10.0.0.1:443".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_server_address("MyRes.openai.azure.com:443"),
+            Ok(ServerAddress::Name {
+                host: "myres.openai.azure.com".into(),
+                port: 443
+            })
+        );
+        for bad in [
+            "host",
+            "host:",
+            "host:0",
+            ":443",
+            "bad host:443",
+            "a..b:1",
+            "[::1]:99999",
+        ] {
+            assert!(parse_server_address(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn vpce_ids() {
+        assert_eq!(
+            parse_vpce("vpce-0123456789abcdef0"),
+            Ok("vpce-0123456789abcdef0".into())
+        );
+        assert!(parse_vpce("vpce-").is_err());
+        assert!(parse_vpce("vpc-0123").is_err());
+        assert!(parse_vpce("vpce-xyz").is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! Connecting to an upstream server: choose one from the pool, connect within the pool's
+//! timeout, and on failure retry on another server (`retries` times).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::pool::{Pool, ServerLease};
+use crate::sockopt;
+
+/// An established upstream connection and the server slot it holds.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub lease: ServerLease,
+    /// Time of the successful attempt.
+    pub connect_time: Duration,
+    /// Attempts made, including the successful one.
+    pub attempts: u32,
+}
+
+/// What became of one connect attempt (the `result` label of upstream connection counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Ok,
+    Refused,
+    Timeout,
+    Error,
+}
+
+impl AttemptResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Ok => "ok",
+            AttemptResult::Refused => "refused",
+            AttemptResult::Timeout => "timeout",
+            AttemptResult::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ConnectError {
+    /// No server could take the connection (all down, draining or full).
+    NoServer,
+    /// Every attempt failed; the last one's result and server.
+    Failed {
+        attempts: u32,
+        last: AttemptResult,
+        server: SocketAddr,
+    },
+}
+
+/// Called after every attempt, for counting; kept as a plain function pointer-like closure so the
+/// caller decides where counts go.
+pub async fn connect(
+    pool: &Pool,
+    client: IpAddr,
+    mut on_attempt: impl FnMut(&ServerLease, AttemptResult, Duration),
+) -> Result<Upstream, ConnectError> {
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last: Option<(AttemptResult, SocketAddr)> = None;
+    for attempt in 1..=pool.retries + 1 {
+        let Some((index, lease)) = pool.pick(client, &tried) else {
+            break;
+        };
+        let addr = lease.server().addr;
+        let started = Instant::now();
+        let result = tokio::time::timeout(pool.connect_timeout, connect_one(addr, pool)).await;
+        let elapsed = started.elapsed();
+        let outcome = match result {
+            Ok(Ok(stream)) => {
+                on_attempt(&lease, AttemptResult::Ok, elapsed);
+                return Ok(Upstream {
+                    stream,
+                    lease,
+                    connect_time: elapsed,
+                    attempts: attempt,
+                });
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => AttemptResult::Refused,
+            Ok(Err(e)) => {
+                tracing::debug!(pool = %pool.name, server = %lease.server().name, %addr, "connect failed: {e}");
+                AttemptResult::Error
+            }
+            Err(_) => AttemptResult::Timeout,
+        };
+        on_attempt(&lease, outcome, elapsed);
+        tried.push(index);
+        last = Some((outcome, addr));
+    }
+    match last {
+        None => Err(ConnectError::NoServer),
+        Some((last, server)) => Err(ConnectError::Failed {
+            attempts: tried.len() as u32,
+            last,
+            server,
+        }),
+    }
+}
+
+async fn connect_one(addr: SocketAddr, pool: &Pool) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    sockopt::configure_stream(&SockRef::from(&socket), &pool.keepalive)?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    socket.connect(addr).await
+}

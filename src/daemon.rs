@@ -1,0 +1,407 @@
+//! The running daemon: worker threads, listening sockets, signals, drain and reload.
+//!
+//! Each worker thread runs a single-threaded tokio runtime with its own accept loop per listener
+//! (SO_REUSEPORT), and the sessions it accepts stay on that thread: no task migrates, so
+//! per-thread pools of pipes and buffers need no lock. The main thread runs the control plane:
+//! signals, reload, drain, and the systemd watchdog.
+//!
+//! Lifecycle, as an NLB wants it (see `Phase`): SIGTERM makes the relay report not-ready while
+//! it keeps accepting for `drain.announce`, then it stops accepting and lets connections finish
+//! until `drain.deadline`, then closes the rest spread over `drain.close_spread`, then exits 0.
+//! A second SIGTERM, or SIGINT at any time, exits at once. SIGHUP reloads the config.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::access_log::AccessLog;
+use crate::config::{Config, Drain, ListenerConfig};
+use crate::limits::Limit;
+use crate::listener::{self, ListenerSettings, ListenerSlot};
+use crate::notify::{self, Notifier};
+use crate::pool::Pool;
+use crate::relay;
+use crate::sockopt;
+
+/// Where the process is in its life. Ordered: each phase follows the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running,
+    /// Draining, still accepting: not ready, so the load balancer stops sending.
+    Announcing,
+    /// Listeners closed; established connections run on.
+    Stopped,
+    /// Past the drain deadline: connections are being closed.
+    Closing,
+    Exit,
+}
+
+/// What every worker and session shares.
+pub struct Shared {
+    pub limit: Arc<Limit>,
+    pub access_log: AccessLog,
+    pub phase: watch::Sender<Phase>,
+    /// The drain settings of the running config.
+    pub drain: ArcSwap<Drain>,
+}
+
+struct Worker {
+    handle: Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+pub struct Daemon {
+    config: Config,
+    shared: Arc<Shared>,
+    workers: Vec<Worker>,
+    slots: HashMap<SocketAddr, Arc<ListenerSlot>>,
+    pools: Vec<Arc<Pool>>,
+    notifier: Notifier,
+}
+
+/// Runs the daemon until it has drained or been told to exit. Errors are startup failures
+/// (a listener that cannot bind, no worker thread).
+pub fn run(config: Config) -> Result<(), String> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let worker_count = match config.global.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let shared = Arc::new(Shared {
+        limit: Limit::new(Some(config.global.max_connections)),
+        access_log: AccessLog::start(config.global.log_format, config.global.log_skip_empty),
+        phase: watch::Sender::new(Phase::Running),
+        drain: ArcSwap::from_pointee(config.drain.clone()),
+    });
+    let workers = (0..worker_count)
+        .map(|i| start_worker(i, shared.phase.subscribe()))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    let result = control.block_on(async {
+        let mut daemon = Daemon {
+            config,
+            shared,
+            workers,
+            slots: HashMap::new(),
+            pools: Vec::new(),
+            notifier: Notifier::from_env(),
+        };
+        let signals = Signals::install()?;
+        daemon.apply_initial()?;
+        daemon.control(signals).await;
+        Ok::<_, String>(daemon)
+    });
+    let daemon = match result {
+        Ok(daemon) => daemon,
+        Err(e) => return Err(e),
+    };
+    daemon.shared.phase.send_replace(Phase::Exit);
+    for worker in daemon.workers {
+        let _ = worker.thread.join();
+    }
+    Ok(())
+}
+
+fn start_worker(index: usize, mut phase: watch::Receiver<Phase>) -> Result<Worker, String> {
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("worker-{index}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("worker {index}: cannot start runtime: {e}");
+                    return;
+                }
+            };
+            let _ = handle_tx.send(runtime.handle().clone());
+            runtime.block_on(async move {
+                let _ = phase.wait_for(|p| *p == Phase::Exit).await;
+            });
+            // Dropping the runtime drops whatever sessions remain, closing their sockets.
+        })
+        .map_err(|e| format!("cannot start worker thread: {e}"))?;
+    let handle = handle_rx
+        .recv()
+        .map_err(|_| format!("worker {index} failed to start its runtime"))?;
+    Ok(Worker { handle, thread })
+}
+
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        let install =
+            |kind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
+        Ok(Signals {
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+            hangup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
+impl Daemon {
+    fn apply_initial(&mut self) -> Result<(), String> {
+        let config = self.config.clone();
+        self.apply(&config)?;
+        tracing::info!(
+            "l4relay {} relaying on {} listener(s) with {} worker(s)",
+            env!("CARGO_PKG_VERSION"),
+            self.slots.len(),
+            self.workers.len()
+        );
+        for slot in self.slots.values() {
+            let settings = slot.settings.load();
+            tracing::info!(listener = %settings.name, address = %slot.addr, pool = %settings.pool.name, "listening");
+        }
+        self.notifier.ready();
+        Ok(())
+    }
+
+    async fn control(&mut self, mut signals: Signals) {
+        let watchdog = notify::watchdog_interval();
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
+        loop {
+            tokio::select! {
+                _ = signals.terminate.recv() => {
+                    self.drain(&mut signals).await;
+                    return;
+                }
+                _ = signals.interrupt.recv() => {
+                    tracing::info!("SIGINT: exiting now");
+                    self.notifier.stopping("exiting");
+                    return;
+                }
+                _ = signals.hangup.recv() => self.reload(),
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    if self.workers_respond().await {
+                        self.notifier.watchdog();
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when every worker runtime ran a task just now: a stuck worker withholds the
+    /// watchdog ping, so systemd restarts the process.
+    async fn workers_respond(&self) -> bool {
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for worker in &self.workers {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            worker.handle.spawn(async move {
+                let _ = tx.send(());
+            });
+            replies.push(rx);
+        }
+        for reply in replies {
+            if tokio::time::timeout(Duration::from_secs(1), reply)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "a worker thread did not respond within 1s: withholding the watchdog ping"
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn drain(&mut self, signals: &mut Signals) {
+        let drain = self.shared.drain.load_full();
+        tracing::info!(
+            "SIGTERM: draining: not ready now, accepting for {:?} more, then waiting up to {:?} for {} connection(s)",
+            drain.announce,
+            drain.deadline,
+            self.shared.limit.active()
+        );
+        self.notifier.stopping("draining");
+        self.notifier.extend_timeout(
+            drain.announce + drain.deadline + drain.close_spread + Duration::from_secs(5),
+        );
+        self.shared.phase.send_replace(Phase::Announcing);
+
+        let now_or_on_signal = async {
+            tokio::select! {
+                _ = signals.terminate.recv() => {}
+                _ = signals.interrupt.recv() => {}
+            }
+        };
+        tokio::pin!(now_or_on_signal);
+
+        tokio::select! {
+            _ = tokio::time::sleep(drain.announce) => {}
+            _ = &mut now_or_on_signal => return self.exit_now(),
+        }
+        self.shared.phase.send_replace(Phase::Stopped);
+        for slot in self.slots.values() {
+            slot.stop.send_replace(true);
+        }
+        tracing::info!(
+            "drain: listeners closed, {} connection(s) still open",
+            self.shared.limit.active()
+        );
+
+        tokio::select! {
+            _ = self.connections_closed(drain.deadline) => {}
+            _ = &mut now_or_on_signal => return self.exit_now(),
+        }
+        let open = self.shared.limit.active();
+        if open > 0 {
+            tracing::info!(
+                "drain deadline: closing {open} connection(s) over {:?}",
+                drain.close_spread
+            );
+            self.shared.phase.send_replace(Phase::Closing);
+            tokio::select! {
+                _ = self.connections_closed(drain.close_spread + Duration::from_secs(1)) => {}
+                _ = &mut now_or_on_signal => return self.exit_now(),
+            }
+        }
+        tracing::info!("drained: exiting");
+    }
+
+    fn exit_now(&self) {
+        tracing::info!(
+            "second signal during drain: exiting now with {} connection(s) open",
+            self.shared.limit.active()
+        );
+    }
+
+    /// Waits until no connection is open, at most `limit`.
+    async fn connections_closed(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        while self.shared.limit.active() > 0 && tokio::time::Instant::now() < deadline {
+            poll.tick().await;
+        }
+    }
+
+    fn reload(&mut self) {
+        self.notifier.reloading();
+        let path = self.config.path.clone();
+        tracing::info!("SIGHUP: reloading {}", path.display());
+        match Config::load(&path) {
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("reload: {e}");
+                }
+                tracing::error!(
+                    "reload: {} error(s); still running the previous config",
+                    errors.len()
+                );
+            }
+            Ok(config) => {
+                for warning in &config.warnings {
+                    tracing::warn!("{warning}");
+                }
+                match self.apply(&config) {
+                    Ok(()) => {
+                        if config.global.workers != self.config.global.workers {
+                            tracing::warn!("reload: a change of global.workers takes effect at the next restart");
+                        }
+                        self.config = config;
+                        tracing::info!("reload: done");
+                    }
+                    Err(e) => tracing::error!("reload: {e}; still running the previous config"),
+                }
+            }
+        }
+        self.notifier.ready();
+    }
+
+    /// Makes `config` the running one: new pools, listener settings swapped in place, new
+    /// addresses bound, removed ones closed. Binds first, so a failure changes nothing.
+    fn apply(&mut self, config: &Config) -> Result<(), String> {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::build(p)))
+            .collect();
+        let settings_for = |l: &ListenerConfig| ListenerSettings {
+            name: Arc::from(l.name.as_str()),
+            config: l.clone(),
+            pool: Arc::clone(&pools[l.pool]),
+            relay: relay::Settings {
+                mode: l.relay,
+                pipe_size: config.global.pipe_size,
+                buffer_size: config.global.buffer_size,
+            },
+        };
+
+        let mut bound = Vec::new();
+        for l in config
+            .listeners
+            .iter()
+            .filter(|l| !self.slots.contains_key(&l.listen))
+        {
+            let sockets = (0..self.workers.len())
+                .map(|_| sockopt::bind_listener(l.listen, l.backlog, &l.keepalive))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    format!(
+                        "listener \"{}\": cannot listen on {}: {e}",
+                        l.name, l.listen
+                    )
+                })?;
+            bound.push((l, sockets));
+        }
+
+        for l in &config.listeners {
+            if let Some(slot) = self.slots.get(&l.listen) {
+                slot.update(settings_for(l));
+            }
+        }
+        for (l, sockets) in bound {
+            let slot = ListenerSlot::new(settings_for(l));
+            for (socket, worker) in sockets.into_iter().zip(&self.workers) {
+                let (slot, shared) = (Arc::clone(&slot), Arc::clone(&self.shared));
+                worker.handle.spawn(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => listener::accept_loop(listener, slot, shared).await,
+                        Err(e) => {
+                            tracing::error!(address = %slot.addr, "cannot register listener: {e}")
+                        }
+                    }
+                });
+            }
+            self.slots.insert(l.listen, slot);
+        }
+        self.slots.retain(|addr, slot| {
+            let keep = config.listeners.iter().any(|l| l.listen == *addr);
+            if !keep {
+                tracing::info!(address = %addr, "listener removed: closing it; its connections run on");
+                slot.stop.send_replace(true);
+            }
+            keep
+        });
+        self.shared
+            .limit
+            .set_max(Some(config.global.max_connections));
+        self.shared.drain.store(Arc::new(config.drain.clone()));
+        self.pools = pools;
+        Ok(())
+    }
+}

@@ -1,0 +1,26 @@
+//! l4relay: a layer-4 TCP relay daemon.
+//!
+//! One connection's path, one module a stage:
+//!
+//! ```text
+//! accept (listener) ─▶ access rules ─▶ route ─▶ pool picks a server (pool)
+//!   ─▶ connect, retry another (connect) ─▶ relay both ways (relay: splice | copy)
+//!   ─▶ close: one access-log line (access_log)
+//! ```
+//!
+//! `session` walks a connection through those stages top to bottom. Around it: `config` (load,
+//! validate, `check`), `daemon` (workers, signals, drain, reload), `limits`, `notify` (systemd)
+//! and `sockopt`.
+
+pub mod access_log;
+pub mod config;
+pub mod connect;
+pub mod daemon;
+pub mod limits;
+pub mod listener;
+pub mod logging;
+pub mod notify;
+pub mod pool;
+pub mod relay;
+pub mod session;
+pub mod sockopt;

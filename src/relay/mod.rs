@@ -1,0 +1,146 @@
+//! Relaying bytes both ways between a client and a server socket until both have ended.
+//!
+//! `Relay` owns the two sockets and two `Direction`s. Half-close is carried through: a FIN from
+//! one side becomes shutdown(WR) on the other while the other direction keeps flowing, and the
+//! relay ends when both directions have ended. A failure on either side (a reset, a write to a
+//! dead peer) resets the other side too (SO_LINGER 0), so neither peer waits on a connection
+//! that can no longer complete.
+//!
+//! Counting stays in the connection: `bytes()` is read by the session at boundaries (close, a
+//! periodic tick), never published per chunk.
+
+mod buffer;
+mod direction;
+pub mod pipe;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+
+use crate::config::RelayMode;
+use crate::sockopt;
+use direction::{Direction, Failure};
+
+/// How a relay moves bytes; taken from the listener's config when the connection starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub mode: RelayMode,
+    pub pipe_size: usize,
+    pub buffer_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Both directions ended cleanly; `first` sent the first FIN.
+    Closed { first: Side },
+    /// `side` failed (reset, broken pipe, ...); the other side was reset in turn.
+    Failed { side: Side, error: io::Error },
+}
+
+pub struct Relay {
+    client: TcpStream,
+    server: TcpStream,
+    client_to_server: Direction,
+    server_to_client: Direction,
+    settings: Settings,
+    first_fin: Option<Side>,
+}
+
+impl Relay {
+    pub fn new(client: TcpStream, server: TcpStream, settings: Settings) -> Self {
+        Relay {
+            client,
+            server,
+            client_to_server: Direction::new(&settings),
+            server_to_client: Direction::new(&settings),
+            settings,
+            first_fin: None,
+        }
+    }
+
+    /// Payload bytes delivered so far: (client → server, server → client).
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.client_to_server.bytes, self.server_to_client.bytes)
+    }
+
+    /// Times a direction fell back from splice to copy.
+    pub fn splice_fallbacks(&self) -> u32 {
+        self.client_to_server.splice_fallbacks + self.server_to_client.splice_fallbacks
+    }
+
+    /// Makes both sockets close with a RST when the relay is dropped.
+    pub fn reset_both(&self) {
+        sockopt::reset_on_close(&SockRef::from(&self.client));
+        sockopt::reset_on_close(&SockRef::from(&self.server));
+    }
+
+    fn fail(&self, direction_source: Side, failure: Failure) -> Ended {
+        let (side, error) = match failure {
+            Failure::Source(e) => (direction_source, e),
+            Failure::Destination(e) => (other(direction_source), e),
+        };
+        self.reset_both();
+        Ended::Failed { side, error }
+    }
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Server,
+        Side::Server => Side::Client,
+    }
+}
+
+impl Future for Relay {
+    type Output = Ended;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = &mut *self;
+        let settings = this.settings;
+        if !this.client_to_server.is_done() {
+            match this.client_to_server.poll_transfer(
+                cx,
+                &mut this.client,
+                &mut this.server,
+                &settings,
+            ) {
+                Poll::Ready(Ok(())) => {
+                    this.first_fin.get_or_insert(Side::Client);
+                }
+                Poll::Ready(Err(failure)) => return Poll::Ready(this.fail(Side::Client, failure)),
+                Poll::Pending => {}
+            }
+        }
+        if !this.server_to_client.is_done() {
+            match this.server_to_client.poll_transfer(
+                cx,
+                &mut this.server,
+                &mut this.client,
+                &settings,
+            ) {
+                Poll::Ready(Ok(())) => {
+                    this.first_fin.get_or_insert(Side::Server);
+                }
+                Poll::Ready(Err(failure)) => return Poll::Ready(this.fail(Side::Server, failure)),
+                Poll::Pending => {}
+            }
+        }
+        match this.first_fin {
+            Some(first) if this.client_to_server.is_done() && this.server_to_client.is_done() => {
+                Poll::Ready(Ended::Closed { first })
+            }
+            _ => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Test support: the built `l4relay` binary as a child process, upstream servers on loopback,
+//! deterministic random payloads, and polling with a deadline.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_l4relay");
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().unwrap()
+}
+
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "l4relay-test-{}-{}-{}",
+        std::process::id(),
+        name,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Polls `condition` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A running `l4relay` process, killed (by its own pid) when dropped.
+pub struct RelayProcess {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts `l4relay run` on `config` and waits until it reports that it is relaying.
+    pub fn start(config: &str) -> RelayProcess {
+        Self::start_with_shell_prefix(config, None)
+    }
+
+    /// Like `start`, with a shell snippet run before exec (e.g. "ulimit -n 256").
+    pub fn start_with_shell_prefix(config: &str, prefix: Option<&str>) -> RelayProcess {
+        let dir = scratch_dir("relay");
+        let config_path = dir.join("l4relay.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let stdout = std::fs::File::create(dir.join("stdout")).unwrap();
+        let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+        let mut command = match prefix {
+            None => {
+                let mut c = Command::new(BIN);
+                c.arg("run").arg("--config").arg(&config_path);
+                c
+            }
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("{prefix}; exec \"$0\" run --config \"$1\""))
+                    .arg(BIN)
+                    .arg(&config_path);
+                c
+            }
+        };
+        let child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn l4relay");
+        let mut relay = RelayProcess {
+            child,
+            dir,
+            config_path,
+        };
+        relay.wait_for_stderr("relaying on", Duration::from_secs(20));
+        relay
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    /// Blocks until stderr contains `text`; panics with the log if it does not in time.
+    pub fn wait_for_stderr(&mut self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stderr().contains(text) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "l4relay exited ({status}) before logging {text:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} within {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the access log has at least `n` lines.
+    pub async fn wait_for_log_lines(&self, n: usize, limit: Duration) -> Vec<String> {
+        let ok = eventually(limit, || self.access_log().lines().count() >= n).await;
+        let lines: Vec<String> = self.access_log().lines().map(str::to_string).collect();
+        assert!(
+            ok,
+            "expected {n} access-log lines, got {}:\n{}",
+            lines.len(),
+            lines.join("\n")
+        );
+        lines
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(name)
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code, or None if it is still running at `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 1000 / clock_ticks_per_second())
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100)
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("relay stderr:\n{}", self.stderr());
+            let log = self.access_log();
+            let unusual: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("end=client_closed"))
+                .take(20)
+                .collect();
+            eprintln!(
+                "access log: {} lines; unusual ones:\n{}",
+                log.lines().count(),
+                unusual.join("\n")
+            );
+        }
+    }
+}
+
+/// A minimal config: one listener to one pool of `servers`, plus `extra` lines appended to the
+/// listener and pool tables through the placeholders.
+pub fn config(
+    listen: SocketAddr,
+    servers: &[SocketAddr],
+    listener_extra: &str,
+    pool_extra: &str,
+) -> String {
+    let mut text = format!(
+        "[admin]\nlisten = \"off\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\npool = \"p\"\n{listener_extra}\n\n[[pool]]\nname = \"p\"\n{pool_extra}\n"
+    );
+    for (i, server) in servers.iter().enumerate() {
+        text.push_str(&format!(
+            "  [[pool.server]]\n  name = \"s{i}\"\n  address = \"{server}\"\n"
+        ));
+    }
+    text
+}
+
+/// Counts connections an upstream test server accepted.
+#[derive(Clone, Default)]
+pub struct Accepted(pub Arc<AtomicU64>);
+
+impl Accepted {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A loopback listener with a deep accept queue: tokio's default (1024) overflows when a test
+/// opens a thousand connections at once, and an overflowing upstream resets connections.
+pub fn upstream_listener() -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(4096).unwrap()
+}
+
+/// An echo server: writes back what it reads, passes the FIN on once everything is written.
+pub async fn echo_server() -> (SocketAddr, Accepted) {
+    let listener = upstream_listener();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Accepted::default();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            count.0.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A server that writes `name` and a newline on accept, then echoes.
+pub async fn named_server(name: &'static str) -> (SocketAddr, Accepted) {
+    let listener = upstream_listener();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Accepted::default();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            count.0.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if stream
+                    .write_all(format!("{name}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Connects through the relay and reads the name a `named_server` announces.
+pub async fn which_server(relay: SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(relay).await.expect("connect to relay");
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("server name in time")
+            .expect("read server name");
+        assert!(n == 1, "connection closed before the server named itself");
+        if byte[0] == b'\n' {
+            break;
+        }
+        name.push(byte[0]);
+    }
+    (stream, String::from_utf8(name).unwrap())
+}
+
+/// A deterministic pseudo-random byte stream (xorshift64*), cheap even in debug builds.
+pub struct Payload {
+    state: u64,
+}
+
+impl Payload {
+    pub fn new(seed: u64) -> Payload {
+        Payload {
+            state: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+        }
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            let word = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+}
+
+/// Writes `len` payload bytes from `seed` to `w` in random-sized writes; returns their SHA-256.
+pub async fn send_payload(w: &mut (impl AsyncWriteExt + Unpin), seed: u64, len: u64) -> [u8; 32] {
+    let mut payload = Payload::new(seed);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    let mut sizes = Payload::new(seed ^ 0x5555);
+    while left > 0 {
+        let mut size_bytes = [0u8; 4];
+        sizes.fill(&mut size_bytes);
+        let n = (u32::from_le_bytes(size_bytes) as u64 % buf.len() as u64 + 1).min(left) as usize;
+        payload.fill(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n]).await.expect("write payload");
+        left -= n as u64;
+    }
+    hasher.finalize().into()
+}
+
+/// Reads to EOF; returns (bytes read, SHA-256 of them).
+pub async fn receive_all(r: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<(u64, [u8; 32])> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((total, hasher.finalize().into()));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// SHA-256 of `len` payload bytes from `seed`, as `send_payload` produces them.
+pub fn payload_digest(seed: u64, len: u64) -> [u8; 32] {
+    let mut payload = Payload::new(seed);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    let mut sizes = Payload::new(seed ^ 0x5555);
+    while left > 0 {
+        let mut size_bytes = [0u8; 4];
+        sizes.fill(&mut size_bytes);
+        let n = (u32::from_le_bytes(size_bytes) as u64 % buf.len() as u64 + 1).min(left) as usize;
+        payload.fill(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    hasher.finalize().into()
+}
+
+pub fn read_to_string_lossy(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
