@@ -72,6 +72,7 @@ pub fn run(config: Config) -> Result<(), String> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    raise_fd_limit(config.global.max_connections);
     let worker_count = match config.global.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -104,15 +105,46 @@ pub fn run(config: Config) -> Result<(), String> {
         daemon.control(signals).await;
         Ok::<_, String>(daemon)
     });
-    let daemon = match result {
-        Ok(daemon) => daemon,
-        Err(e) => return Err(e),
-    };
+    let daemon = result?;
     daemon.shared.phase.send_replace(Phase::Exit);
     for worker in daemon.workers {
         let _ = worker.thread.join();
     }
     Ok(())
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, as a relay needs two descriptors per
+/// connection (plus pipes while splicing); warns when even that cannot cover `max_connections`.
+fn raise_fd_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid, exclusively borrowed `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one valid rlimit; raising the soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            "open-file limit {} is below the {needed} that max_connections = {max_connections} needs \
+             (2 per connection + 256); raise LimitNOFILE or lower max_connections",
+            limit.rlim_cur
+        );
+    }
 }
 
 fn start_worker(index: usize, mut phase: watch::Receiver<Phase>) -> Result<Worker, String> {

@@ -21,6 +21,8 @@ pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod session;
+pub mod sni;
 pub mod sockopt;

@@ -503,7 +503,7 @@ fn read_listener(
     if proxy_protocol != ProxyProtocol::Off && allow.is_empty() && allow_vpce.is_empty() {
         diag.warn(
             &s.span(),
-            &s.path().to_string(),
+            s.path(),
             "accepts PROXY protocol but has no allow or allow_vpce list: any consumer of the endpoint may connect",
         );
     }

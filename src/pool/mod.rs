@@ -156,20 +156,16 @@ impl Pool {
     /// Chooses a server for a client and leases a slot on it. `tried` lists servers (by index)
     /// this client already failed to connect to; they are avoided while others qualify.
     pub fn pick(&self, client: IpAddr, tried: &[usize]) -> Option<(usize, ServerLease)> {
-        let passes: [&dyn Fn(usize, &Server) -> bool; 4] = [
-            &|i, s| !s.backup && !tried.contains(&i),
-            &|i, s| s.backup && !tried.contains(&i),
-            // Everything was tried: a retry on the same server beats giving up.
-            &|_, s| !s.backup,
-            &|_, s| s.backup,
-        ];
-        for pass in passes {
+        for pass in Pass::ALL {
             // A chosen server can fill up between the choice and the lease (another thread
             // won the race); choose again among the rest, at most once per server.
             let mut full: u64 = 0;
             for _ in 0..self.servers.len().min(64) {
                 let eligible = |i: usize, s: &Server| {
-                    pass(i, s) && s.is_up() && s.has_room() && (i >= 64 || full & (1 << i) == 0)
+                    pass.admits(i, s, tried)
+                        && s.is_up()
+                        && s.has_room()
+                        && (i >= 64 || full & (1 << i) == 0)
                 };
                 let Some(index) = balance::choose(self, client, &eligible) else {
                     break;
@@ -182,6 +178,34 @@ impl Pool {
             }
         }
         None
+    }
+}
+
+/// The order in which servers are considered for a connection.
+#[derive(Clone, Copy)]
+enum Pass {
+    UntriedPrimaries,
+    UntriedBackups,
+    /// Everything was tried: a retry on the same server beats giving up.
+    AnyPrimary,
+    AnyBackup,
+}
+
+impl Pass {
+    const ALL: [Pass; 4] = [
+        Pass::UntriedPrimaries,
+        Pass::UntriedBackups,
+        Pass::AnyPrimary,
+        Pass::AnyBackup,
+    ];
+
+    fn admits(self, index: usize, server: &Server, tried: &[usize]) -> bool {
+        match self {
+            Pass::UntriedPrimaries => !server.backup && !tried.contains(&index),
+            Pass::UntriedBackups => server.backup && !tried.contains(&index),
+            Pass::AnyPrimary => !server.backup,
+            Pass::AnyBackup => server.backup,
+        }
     }
 }
 
