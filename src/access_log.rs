@@ -35,6 +35,8 @@ pub struct Record {
     pub bytes_server_to_client: u64,
     /// How it ended: client_closed, server_closed, client_reset, idle_timeout, ...
     pub end: &'static str,
+    /// The finer reason for refusals and PROXY header errors (which rule, which limit, ...).
+    pub detail: Option<&'static str>,
 }
 
 #[derive(Clone)]
@@ -116,7 +118,7 @@ pub fn format_text(r: &Record, out: &mut String) {
     let dash = |o: Option<&str>| o.unwrap_or("-").to_string();
     let _ = write!(
         out,
-        "{} listener={} client={} vpce={} sni={} pool={} server={} server_addr={} connect_ms={} duration_ms={:.3} bytes_c2s={} bytes_s2c={} end={}",
+        "{} listener={} client={} vpce={} sni={} pool={} server={} server_addr={} connect_ms={} duration_ms={:.3} bytes_c2s={} bytes_s2c={} end={}{}{}",
         rfc3339(r.start),
         r.listener,
         r.client,
@@ -130,6 +132,8 @@ pub fn format_text(r: &Record, out: &mut String) {
         r.bytes_client_to_server,
         r.bytes_server_to_client,
         r.end,
+        if r.detail.is_some() { " detail=" } else { "" },
+        r.detail.unwrap_or(""),
     );
 }
 
@@ -148,6 +152,7 @@ pub fn format_json(r: &Record, out: &mut String) {
         "bytes_c2s": r.bytes_client_to_server,
         "bytes_s2c": r.bytes_server_to_client,
         "end": r.end,
+        "detail": r.detail,
     });
     out.push_str(&value.to_string());
 }
@@ -203,6 +208,7 @@ mod tests {
             bytes_client_to_server: 10,
             bytes_server_to_client: 20,
             end: "client_closed",
+            detail: None,
         }
     }
 

@@ -105,6 +105,11 @@ async fn connect_one(addr: SocketAddr, pool: &Pool) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
     sockopt::configure_stream(&SockRef::from(&socket), &pool.keepalive)?;
+    if let Some(source) = pool.source {
+        // The stable egress address an upstream firewall allowlists; the port is the kernel's.
+        sockopt::bind_address_no_port(&socket)?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+    }
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     socket.connect(addr).await
 }

@@ -376,6 +376,7 @@ impl Daemon {
             name: Arc::from(l.name.as_str()),
             config: l.clone(),
             pool: Arc::clone(&pools[l.pool]),
+            pools: pools.clone(),
             relay: relay::Settings {
                 mode: l.relay,
                 pipe_size: config.global.pipe_size,

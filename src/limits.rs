@@ -4,8 +4,10 @@
 //! whole life, and dropping the permit gives the slot back. The maximum can change on reload
 //! without disturbing connections already counted.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub struct Limit {
     active: AtomicUsize,
@@ -56,6 +58,66 @@ impl Drop for Permit {
     }
 }
 
+/// A limit per key (client address, VPC endpoint): only keys with open connections are kept.
+/// The map is locked once when a connection starts and once when it ends, never while relaying.
+pub struct KeyedLimit<K> {
+    counts: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimit<K> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(KeyedLimit {
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a slot for `key` if it has fewer than `max` open connections.
+    pub fn try_acquire(self: &Arc<Self>, key: K, max: usize) -> Option<KeyedPermit<K>> {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(key.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(KeyedPermit {
+            limit: Arc::clone(self),
+            key,
+        })
+    }
+
+    pub fn active(&self, key: &K) -> usize {
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.get(key).copied().unwrap_or(0)
+    }
+}
+
+pub struct KeyedPermit<K: Hash + Eq> {
+    limit: Arc<KeyedLimit<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq> Drop for KeyedPermit<K> {
+    fn drop(&mut self) {
+        let mut counts = self
+            .limit
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +135,18 @@ mod tests {
         let many: Vec<_> = (0..100).map(|_| limit.try_acquire().unwrap()).collect();
         assert_eq!(limit.active(), 101);
         drop(many);
+    }
+
+    #[test]
+    fn keyed_permits_count_per_key_and_forget_idle_keys() {
+        let limit = KeyedLimit::new();
+        let a1 = limit.try_acquire("a", 2).unwrap();
+        let _a2 = limit.try_acquire("a", 2).unwrap();
+        assert!(limit.try_acquire("a", 2).is_none());
+        let b = limit.try_acquire("b", 2).unwrap();
+        drop(a1);
+        assert_eq!(limit.active(&"a"), 1);
+        drop(b);
+        assert!(limit.counts.lock().unwrap().get("b").is_none());
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::ListenerConfig;
 use crate::daemon::Shared;
-use crate::limits::Limit;
+use crate::limits::{KeyedLimit, Limit};
 use crate::pool::Pool;
 use crate::relay;
 use crate::session::{self, End, Session};
@@ -30,7 +30,10 @@ use crate::session::{self, End, Session};
 pub struct ListenerSettings {
     pub name: Arc<str>,
     pub config: ListenerConfig,
+    /// The default pool.
     pub pool: Arc<Pool>,
+    /// Every pool of this generation, for SNI routes (indexed like `Config::pools`).
+    pub pools: Vec<Arc<Pool>>,
     pub relay: relay::Settings,
 }
 
@@ -39,6 +42,8 @@ pub struct ListenerSlot {
     pub addr: SocketAddr,
     pub settings: ArcSwap<ListenerSettings>,
     pub limit: Arc<Limit>,
+    pub per_source: Arc<KeyedLimit<std::net::IpAddr>>,
+    pub per_vpce: Arc<KeyedLimit<Box<str>>>,
     /// Set to true to stop this slot's accept loops (address removed, or draining).
     pub stop: watch::Sender<bool>,
 }
@@ -48,6 +53,8 @@ impl ListenerSlot {
         Arc::new(ListenerSlot {
             addr: settings.config.listen,
             limit: Limit::new(settings.config.max_connections),
+            per_source: KeyedLimit::new(),
+            per_vpce: KeyedLimit::new(),
             settings: ArcSwap::from_pointee(settings),
             stop: watch::Sender::new(false),
         })
@@ -73,21 +80,36 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, shared:
             Ok((client, peer)) => {
                 backoff.reset();
                 let settings = slot.settings.load_full();
-                let permits = shared.limit.try_acquire().and_then(|process| {
-                    slot.limit.try_acquire().map(|listener| [process, listener])
-                });
-                match permits {
-                    Some(permits) => {
-                        tokio::spawn(Session::run(
-                            client,
-                            peer,
-                            settings,
-                            Arc::clone(&shared),
-                            permits,
-                        ));
-                    }
-                    None => session::refuse(client, peer, &settings, &shared, End::RefusedLimit),
-                }
+                let Some(process) = shared.limit.try_acquire() else {
+                    session::refuse(
+                        client,
+                        peer,
+                        &settings,
+                        &shared,
+                        End::RefusedLimit("process"),
+                    );
+                    continue;
+                };
+                let Some(listener) = slot.limit.try_acquire() else {
+                    session::refuse(
+                        client,
+                        peer,
+                        &settings,
+                        &shared,
+                        End::RefusedLimit("listener"),
+                    );
+                    continue;
+                };
+                let limits = (Arc::clone(&slot.per_source), Arc::clone(&slot.per_vpce));
+                let session = Session::run(
+                    client,
+                    peer,
+                    settings,
+                    limits,
+                    Arc::clone(&shared),
+                    [process, listener],
+                );
+                tokio::spawn(session);
             }
             Err(e) if is_out_of_resources(&e) => {
                 let pause = backoff.next();

@@ -1,7 +1,8 @@
 //! One client connection's path through the relay, top to bottom:
 //!
 //! ```text
-//! access rules ─▶ route to a pool ─▶ connect (retry another server) ─▶ relay both ways ─▶ log
+//! PROXY header ─▶ access rules ─▶ per-client limits ─▶ route (SNI or default pool)
+//!   ─▶ connect (retry another server) ─▶ PROXY header out ─▶ relay both ways ─▶ log
 //! ```
 //!
 //! Each stage either hands the connection on or ends it with a named `End`, which becomes the
@@ -13,13 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::SockRef;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::access_log::Record;
+use crate::config::{ProxyProtocol, RouteFallback, SendProxy};
 use crate::connect::{self, ConnectError};
 use crate::daemon::{Phase, Shared};
-use crate::limits::Permit;
+use crate::handshake::{self, ClientIdentity, HandshakeError, Hello};
+use crate::limits::{KeyedLimit, KeyedPermit, Permit};
 use crate::listener::ListenerSettings;
+use crate::pool::Pool;
+use crate::proxy_protocol::{self, Accept};
 use crate::relay::{Ended, Relay, Side};
 use crate::sockopt;
 
@@ -35,8 +41,14 @@ pub enum End {
     IdleTimeout,
     /// Still open at the end of a drain.
     DrainDeadline,
-    RefusedRule,
-    RefusedLimit,
+    /// Refused by an access rule; which one.
+    RefusedRule(&'static str),
+    /// Refused at a connection limit; which one.
+    RefusedLimit(&'static str),
+    /// A malformed or missing PROXY header; the parser's reason.
+    ProxyHeaderError(&'static str),
+    /// The PROXY header or ClientHello did not arrive within `handshake_timeout`.
+    HandshakeTimeout,
     NoServer,
     ConnectFailed,
 }
@@ -52,39 +64,58 @@ impl End {
             End::ServerError => "server_error",
             End::IdleTimeout => "idle_timeout",
             End::DrainDeadline => "drain_deadline",
-            End::RefusedRule => "refused_rule",
-            End::RefusedLimit => "refused_limit",
+            End::RefusedRule(_) => "refused_rule",
+            End::RefusedLimit(_) => "refused_limit",
+            End::ProxyHeaderError(_) => "proxy_header_error",
+            End::HandshakeTimeout => "handshake_timeout",
             End::NoServer => "no_server",
             End::ConnectFailed => "connect_failed",
+        }
+    }
+
+    /// The finer reason, for refusals and header errors.
+    pub fn detail(self) -> Option<&'static str> {
+        match self {
+            End::RefusedRule(why) | End::RefusedLimit(why) | End::ProxyHeaderError(why) => {
+                Some(why)
+            }
+            _ => None,
         }
     }
 
     /// The `outcome` label of `l4relay_connections_total`: what became of the connection.
     pub fn outcome(self) -> &'static str {
         match self {
-            End::RefusedRule => "refused_rule",
-            End::RefusedLimit => "refused_limit",
-            End::NoServer => "no_server",
-            End::ConnectFailed => "connect_failed",
+            End::RefusedRule(_)
+            | End::RefusedLimit(_)
+            | End::ProxyHeaderError(_)
+            | End::HandshakeTimeout
+            | End::NoServer
+            | End::ConnectFailed => self.as_str(),
             _ => "relayed",
         }
     }
 }
 
+/// Per-client limits shared by a listener's connections.
+pub type ClientLimits = (Arc<KeyedLimit<IpAddr>>, Arc<KeyedLimit<Box<str>>>);
+
 pub struct Session {
     peer: SocketAddr,
     listener: Arc<ListenerSettings>,
+    limits: ClientLimits,
     shared: Arc<Shared>,
     record: Record,
 }
 
 impl Session {
-    /// Serves an accepted connection to its end. `permits` hold its places under the
-    /// connection limits until then.
+    /// Serves an accepted connection to its end. `permits` hold its places under the process
+    /// and listener limits until then.
     pub async fn run(
         client: TcpStream,
         peer: SocketAddr,
         listener: Arc<ListenerSettings>,
+        limits: ClientLimits,
         shared: Arc<Shared>,
         permits: [Permit; 2],
     ) {
@@ -93,6 +124,7 @@ impl Session {
         let mut session = Session {
             peer,
             listener,
+            limits,
             shared,
             record,
         };
@@ -101,47 +133,209 @@ impl Session {
         drop(permits);
     }
 
-    async fn serve(&mut self, client: TcpStream) -> End {
-        let client_ip = self.peer.ip().to_canonical();
+    async fn serve(&mut self, mut client: TcpStream) -> End {
+        let config = &self.listener.config;
+        let handshake_deadline = tokio::time::Instant::now() + config.handshake_timeout;
 
-        // Access rules, on the real client address.
-        if !self.listener.admits(client_ip) {
-            sockopt::reset_on_close(&SockRef::from(&client));
-            return End::RefusedRule;
+        // Who is connecting: the PROXY header's source, or the socket's peer.
+        let identity = match self.identify(&mut client, handshake_deadline).await {
+            Ok(identity) => identity,
+            Err(end) => return refuse_now(&client, end),
+        };
+        let client_ip = identity.addr.ip().to_canonical();
+        self.record.client = identity.addr;
+        self.record.vpce = identity.vpce.clone();
+
+        // Access rules, on the real client.
+        if let Err(rule) = self.listener.admits(client_ip, identity.vpce.as_deref()) {
+            return refuse_now(&client, End::RefusedRule(rule));
         }
 
-        // Route: the listener's default pool.
-        let pool = Arc::clone(&self.listener.pool);
+        // Limits per client address and per VPC endpoint.
+        let _client_permits = match self.client_permits(client_ip, identity.vpce.as_deref()) {
+            Ok(permits) => permits,
+            Err(end) => return refuse_now(&client, end),
+        };
+
+        // Route: by the ClientHello's server name where routes are set, else the default pool.
+        // Bytes read to find the name go to the server before anything else.
+        let mut first_bytes = Vec::new();
+        let pool = match self
+            .route(&mut client, &mut first_bytes, handshake_deadline)
+            .await
+        {
+            Ok(pool) => pool,
+            Err(end) => return refuse_now(&client, end),
+        };
         self.record.pool = Some(Arc::clone(&pool.name));
 
         // Connect, retrying on other servers.
         let upstream = match connect::connect(&pool, client_ip, |_, _, _| {}).await {
             Ok(upstream) => upstream,
             Err(error) => {
-                tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %self.peer, "{}", describe(&error));
-                sockopt::reset_on_close(&SockRef::from(&client));
-                return match error {
-                    ConnectError::NoServer => End::NoServer,
-                    ConnectError::Failed { .. } => End::ConnectFailed,
-                };
+                tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %identity.addr, "{}", describe(&error));
+                return refuse_now(
+                    &client,
+                    match error {
+                        ConnectError::NoServer => End::NoServer,
+                        ConnectError::Failed { .. } => End::ConnectFailed,
+                    },
+                );
             }
         };
-        let server = upstream.lease.server();
+        let server = Arc::clone(upstream.lease.server());
         self.record.server = Some(Arc::clone(&server.name));
         self.record.server_addr = Some(server.addr);
         self.record.connect_time = Some(upstream.connect_time);
 
+        // The PROXY header for the server, then what the client already sent.
+        let mut server_stream = upstream.stream;
+        let mut preamble = proxy_header_for(&pool, &identity);
+        preamble.extend_from_slice(&first_bytes);
+        if !preamble.is_empty() {
+            if let Err(e) = server_stream.write_all(&preamble).await {
+                tracing::debug!(server = %server.addr, "writing the connection's first bytes: {e}");
+                sockopt::reset_on_close(&SockRef::from(&client));
+                return End::ServerReset;
+            }
+        }
+        self.record.bytes_client_to_server = first_bytes.len() as u64;
+        drop((preamble, first_bytes));
+
         // Relay both ways until both sides have ended, the connection idles out, or a drain
         // reaches its deadline.
-        let mut relay = Relay::new(client, upstream.stream, self.listener.relay);
+        let mut relay = Relay::new(client, server_stream, self.listener.relay);
         let end = relay_until_end(&mut relay, &self.listener, &self.shared).await;
-        (
-            self.record.bytes_client_to_server,
-            self.record.bytes_server_to_client,
-        ) = relay.bytes();
+        let (to_server, to_client) = relay.bytes();
+        self.record.bytes_client_to_server += to_server;
+        self.record.bytes_server_to_client = to_client;
         drop(upstream.lease);
         end
     }
+
+    /// Reads the PROXY header when the listener expects one, within the handshake deadline.
+    async fn identify(
+        &self,
+        client: &mut TcpStream,
+        deadline: tokio::time::Instant,
+    ) -> Result<ClientIdentity, End> {
+        let config = &self.listener.config;
+        let local = client.local_addr().unwrap_or(self.peer);
+        let accept = match config.proxy_protocol {
+            ProxyProtocol::Off => return Ok(ClientIdentity::from_socket(self.peer, local)),
+            ProxyProtocol::V1 => Accept::V1,
+            ProxyProtocol::V2 => Accept::V2,
+            ProxyProtocol::Any => Accept::Any,
+        };
+        let peer_ip = self.peer.ip().to_canonical();
+        if !config.proxy_protocol_from.is_empty()
+            && !config
+                .proxy_protocol_from
+                .iter()
+                .any(|net| net.contains(&peer_ip))
+        {
+            return Err(End::RefusedRule("proxy_protocol_from"));
+        }
+        match tokio::time::timeout_at(
+            deadline,
+            handshake::read_proxy_header(client, accept, self.peer, local),
+        )
+        .await
+        {
+            Err(_) => Err(End::HandshakeTimeout),
+            Ok(Ok(identity)) => Ok(identity),
+            Ok(Err(e @ HandshakeError::Proxy(_))) | Ok(Err(e @ HandshakeError::Closed)) => {
+                tracing::debug!(listener = %self.listener.name, peer = %self.peer, "PROXY header: {}", e.reason());
+                Err(End::ProxyHeaderError(e.reason()))
+            }
+        }
+    }
+
+    fn client_permits(
+        &self,
+        client: IpAddr,
+        vpce: Option<&str>,
+    ) -> Result<(Option<KeyedPermit<IpAddr>>, Option<KeyedPermit<Box<str>>>), End> {
+        let config = &self.listener.config;
+        let per_source = match config.max_connections_per_source {
+            None => None,
+            Some(max) => Some(
+                self.limits
+                    .0
+                    .try_acquire(client, max)
+                    .ok_or(End::RefusedLimit("per_source"))?,
+            ),
+        };
+        let per_vpce = match (config.max_connections_per_vpce, vpce) {
+            (Some(max), Some(vpce)) => Some(
+                self.limits
+                    .1
+                    .try_acquire(vpce.into(), max)
+                    .ok_or(End::RefusedLimit("per_vpce"))?,
+            ),
+            _ => None,
+        };
+        Ok((per_source, per_vpce))
+    }
+
+    async fn route(
+        &mut self,
+        client: &mut TcpStream,
+        first_bytes: &mut Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Pool>, End> {
+        let config = &self.listener.config;
+        if config.routes.is_empty() {
+            return Ok(Arc::clone(&self.listener.pool));
+        }
+        let hello = match tokio::time::timeout_at(
+            deadline,
+            handshake::read_client_hello(client, first_bytes),
+        )
+        .await
+        {
+            Err(_) => return Err(End::HandshakeTimeout),
+            Ok(Err(_)) => return Err(End::ClientClosed),
+            Ok(Ok(hello)) => hello,
+        };
+        let routed = match &hello {
+            Hello::Tls {
+                server_name: Some(name),
+            } => {
+                self.record.sni = Some(name.as_str().into());
+                config.routes.find(name)
+            }
+            Hello::Tls { server_name: None } | Hello::Other => None,
+        };
+        match (routed, config.route_fallback) {
+            (Some(index), _) => Ok(Arc::clone(&self.listener.pools[index])),
+            (None, RouteFallback::Pool) => Ok(Arc::clone(&self.listener.pool)),
+            (None, RouteFallback::Refuse) => Err(End::RefusedRule("no_route")),
+        }
+    }
+}
+
+/// The PROXY header a pool sends its servers: the real client as source, the address it
+/// connected to as destination, and (v2) the VPC endpoint it came through.
+fn proxy_header_for(pool: &Pool, identity: &ClientIdentity) -> Vec<u8> {
+    let mut header = Vec::new();
+    match pool.send_proxy {
+        SendProxy::Off => {}
+        SendProxy::V1 => proxy_protocol::encode_v1(identity.addr, identity.local, &mut header),
+        SendProxy::V2 => proxy_protocol::encode_v2(
+            identity.addr,
+            identity.local,
+            identity.vpce.as_deref(),
+            &mut header,
+        ),
+    }
+    header
+}
+
+/// Ends a connection before relaying: a reset, so the client learns at once.
+fn refuse_now(client: &TcpStream, end: End) -> End {
+    sockopt::reset_on_close(&SockRef::from(client));
+    end
 }
 
 async fn relay_until_end(relay: &mut Relay, listener: &ListenerSettings, shared: &Shared) -> End {
@@ -238,12 +432,14 @@ fn new_record(listener: &ListenerSettings, peer: SocketAddr) -> Record {
         bytes_client_to_server: 0,
         bytes_server_to_client: 0,
         end: "",
+        detail: None,
     }
 }
 
 fn finish(shared: &Shared, mut record: Record, started: Instant, end: End) {
     record.duration = started.elapsed();
     record.end = end.as_str();
+    record.detail = end.detail();
     shared.access_log.log(record);
 }
 
@@ -262,12 +458,21 @@ pub fn refuse(
 }
 
 impl ListenerSettings {
-    /// The access rules: not denied, and inside every allow list that is set.
-    pub fn admits(&self, client: IpAddr) -> bool {
+    /// The access rules: not denied, and inside every allow list that is set. On refusal, the
+    /// rule that refused.
+    pub fn admits(&self, client: IpAddr, vpce: Option<&str>) -> Result<(), &'static str> {
         let config = &self.config;
         if config.deny.iter().any(|net| net.contains(&client)) {
-            return false;
+            return Err("deny");
         }
-        config.allow.is_empty() || config.allow.iter().any(|net| net.contains(&client))
+        if !config.allow.is_empty() && !config.allow.iter().any(|net| net.contains(&client)) {
+            return Err("allow");
+        }
+        if !config.allow_vpce.is_empty()
+            && !vpce.is_some_and(|id| config.allow_vpce.iter().any(|allowed| allowed == id))
+        {
+            return Err("allow_vpce");
+        }
+        Ok(())
     }
 }

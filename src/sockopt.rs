@@ -44,6 +44,29 @@ pub fn bind_listener(
     Ok(socket.into())
 }
 
+/// Lets a socket bound to a source IP with port 0 pick its port at connect(2) time, per
+/// destination, instead of at bind(2) time from the one global range: without it, one egress
+/// address runs out of ports after ~28,000 connections in total rather than per server.
+pub fn bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let enable: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a live stack value; the descriptor is open.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&enable as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Makes the next close of this socket send a RST instead of a FIN.
 pub fn reset_on_close(socket: &SockRef<'_>) {
     // Errors mean the socket is already gone, which is what a reset wants anyway.

@@ -15,6 +15,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::de::DeTable;
 
+use crate::route::{self, Routes};
+
 pub use reader::{parse_duration, parse_size, ConfigError};
 use reader::{At, Diagnostics, Section};
 
@@ -107,11 +109,33 @@ pub struct ListenerConfig {
     pub allow_vpce: Vec<String>,
     /// None: only the process-wide limit applies.
     pub max_connections: Option<usize>,
+    /// Concurrent connections per client address (the PROXY source when there is one).
+    pub max_connections_per_source: Option<usize>,
+    /// Concurrent connections per VPC endpoint ID.
+    pub max_connections_per_vpce: Option<usize>,
+    /// SNI routes to pools (indexes into `Config::pools`); empty: no ClientHello is read.
+    pub routes: Routes,
+    /// What happens to a connection no route matches.
+    pub route_fallback: RouteFallback,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub backlog: u32,
     pub keepalive: Keepalive,
     pub relay: RelayMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteFallback {
+    /// The listener's `pool`.
+    Pool,
+    Refuse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendProxy {
+    Off,
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +154,10 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub retries: u32,
     pub keepalive: Keepalive,
+    /// PROXY protocol header sent to servers, carrying the real client.
+    pub send_proxy: SendProxy,
+    /// Local address outgoing connections are bound to (the stable egress address).
+    pub source: Option<std::net::IpAddr>,
     pub servers: Vec<ServerConfig>,
 }
 
@@ -480,6 +508,58 @@ fn read_listener(
     let max_connections = s
         .integer_at(diag, "max_connections", 1..=10_000_000)
         .map(|at| at.value as usize);
+    let max_connections_per_source = s
+        .integer_at(diag, "max_connections_per_source", 1..=10_000_000)
+        .map(|at| at.value as usize);
+    let max_connections_per_vpce = s
+        .integer_at(diag, "max_connections_per_vpce", 1..=10_000_000)
+        .map(|at| at.value as usize);
+    let mut routes = Routes::default();
+    for mut section in s.tables(diag, "route") {
+        let pool =
+            section
+                .required_string(diag, "pool")
+                .and_then(|at| match pools.get(&at.value) {
+                    Some(&index) => Some(index),
+                    None => {
+                        diag.error(
+                            &at.span,
+                            &at.key,
+                            format!("no [[pool]] named \"{}\"", at.value),
+                        );
+                        None
+                    }
+                });
+        let names = section.list(diag, "server_names", route::parse_server_name);
+        if names.is_empty() {
+            diag.error(
+                &section.span(),
+                &section.key_path("server_names"),
+                "a route needs at least one server name",
+            );
+        }
+        if let Some(pool) = pool {
+            for name in names {
+                if !routes.insert(&name.value, pool) {
+                    diag.error(
+                        &name.span,
+                        &name.key,
+                        format!("\"{}\" is already routed", name.value),
+                    );
+                }
+            }
+        }
+        section.finish(diag);
+    }
+    let route_fallback = s.choice(
+        diag,
+        "route_fallback",
+        &[
+            ("pool", RouteFallback::Pool),
+            ("refuse", RouteFallback::Refuse),
+        ],
+        RouteFallback::Pool,
+    );
     let handshake_timeout = s.duration(diag, "handshake_timeout", Duration::from_secs(5));
     let idle_timeout = s.duration(diag, "idle_timeout", Duration::from_secs(900));
     let backlog = s.integer(diag, "backlog", 1..=65535, 4096) as u32;
@@ -507,6 +587,20 @@ fn read_listener(
             "accepts PROXY protocol but has no allow or allow_vpce list: any consumer of the endpoint may connect",
         );
     }
+    if max_connections_per_vpce.is_some() && proxy_protocol == ProxyProtocol::Off {
+        diag.error(
+            &s.span(),
+            &s.key_path("max_connections_per_vpce"),
+            "needs proxy_protocol: the VPC endpoint ID only arrives in the PROXY v2 header",
+        );
+    }
+    if handshake_timeout.is_zero() {
+        diag.error(
+            &s.span(),
+            &s.key_path("handshake_timeout"),
+            "must be greater than zero",
+        );
+    }
     if idle_timeout.is_zero() {
         diag.error(
             &s.span(),
@@ -527,6 +621,10 @@ fn read_listener(
             deny,
             allow_vpce,
             max_connections,
+            max_connections_per_source,
+            max_connections_per_vpce,
+            routes,
+            route_fallback,
             handshake_timeout,
             idle_timeout,
             backlog,
@@ -567,6 +665,21 @@ fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<Read
     }
     let retries = s.integer(diag, "retries", 0..=100, 2) as u32;
     let keepalive = read_keepalive(s, diag);
+    let send_proxy = s.choice(
+        diag,
+        "send_proxy",
+        &[
+            ("off", SendProxy::Off),
+            ("v1", SendProxy::V1),
+            ("v2", SendProxy::V2),
+        ],
+        SendProxy::Off,
+    );
+    let source = s.parsed(diag, "source", |v| {
+        v.parse::<std::net::IpAddr>().map_err(|_| {
+            format!("\"{v}\" is not an IP address (the local address to connect from)")
+        })
+    });
 
     let mut servers: Vec<ServerConfig> = Vec::new();
     let sections = s.tables(diag, "server");
@@ -599,6 +712,8 @@ fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<Read
             connect_timeout,
             retries,
             keepalive,
+            send_proxy,
+            source,
             servers,
         },
         name,

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{Balance, Keepalive, PoolConfig, ServerAddress, ServerConfig};
+use crate::config::{Balance, Keepalive, PoolConfig, SendProxy, ServerAddress, ServerConfig};
 
 pub struct Server {
     /// From the config; several servers share it when a name resolves to several addresses.
@@ -94,6 +94,8 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub retries: u32,
     pub keepalive: Keepalive,
+    pub send_proxy: SendProxy,
+    pub source: Option<IpAddr>,
     servers: Vec<Arc<Server>>,
     /// Smooth weighted round-robin state: one running weight per server.
     round_robin: Mutex<Vec<i64>>,
@@ -139,6 +141,8 @@ impl Pool {
             connect_timeout: config.connect_timeout,
             retries: config.retries,
             keepalive: config.keepalive.clone(),
+            send_proxy: config.send_proxy,
+            source: config.source,
             round_robin: Mutex::new(vec![0; servers.len()]),
             servers,
         }

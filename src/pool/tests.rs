@@ -12,6 +12,8 @@ fn pool(balance: Balance, servers: &[(u32, bool, Option<u32>)]) -> Pool {
             interval: Duration::from_secs(1),
             count: 1,
         },
+        send_proxy: crate::config::SendProxy::Off,
+        source: None,
         servers: servers
             .iter()
             .enumerate()
