@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -115,6 +116,64 @@ impl<K: Hash + Eq> Drop for KeyedPermit<K> {
                 counts.remove(&self.key);
             }
         }
+    }
+}
+
+/// A listener's per-client limits: by client address and by VPC endpoint.
+#[derive(Clone)]
+pub struct ClientLimits {
+    per_source: Arc<KeyedLimit<IpAddr>>,
+    per_vpce: Arc<KeyedLimit<Box<str>>>,
+}
+
+/// One connection's places under its `ClientLimits`.
+pub struct ClientPermits {
+    _per_source: Option<KeyedPermit<IpAddr>>,
+    _per_vpce: Option<KeyedPermit<Box<str>>>,
+}
+
+impl ClientLimits {
+    pub fn new() -> ClientLimits {
+        ClientLimits {
+            per_source: KeyedLimit::new(),
+            per_vpce: KeyedLimit::new(),
+        }
+    }
+
+    /// Takes a place per limit that is set; on refusal, which limit refused.
+    pub fn acquire(
+        &self,
+        client: IpAddr,
+        vpce: Option<&str>,
+        max_per_source: Option<usize>,
+        max_per_vpce: Option<usize>,
+    ) -> Result<ClientPermits, &'static str> {
+        let per_source = match max_per_source {
+            None => None,
+            Some(max) => Some(
+                self.per_source
+                    .try_acquire(client, max)
+                    .ok_or("per_source")?,
+            ),
+        };
+        let per_vpce = match (max_per_vpce, vpce) {
+            (Some(max), Some(id)) => Some(
+                self.per_vpce
+                    .try_acquire(id.into(), max)
+                    .ok_or("per_vpce")?,
+            ),
+            _ => None,
+        };
+        Ok(ClientPermits {
+            _per_source: per_source,
+            _per_vpce: per_vpce,
+        })
+    }
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::ListenerConfig;
 use crate::daemon::Shared;
-use crate::limits::{KeyedLimit, Limit};
+use crate::limits::{ClientLimits, Limit};
 use crate::pool::Pool;
 use crate::relay;
 use crate::session::{self, End, Session};
@@ -42,8 +42,7 @@ pub struct ListenerSlot {
     pub addr: SocketAddr,
     pub settings: ArcSwap<ListenerSettings>,
     pub limit: Arc<Limit>,
-    pub per_source: Arc<KeyedLimit<std::net::IpAddr>>,
-    pub per_vpce: Arc<KeyedLimit<Box<str>>>,
+    pub client_limits: ClientLimits,
     /// Set to true to stop this slot's accept loops (address removed, or draining).
     pub stop: watch::Sender<bool>,
 }
@@ -53,8 +52,7 @@ impl ListenerSlot {
         Arc::new(ListenerSlot {
             addr: settings.config.listen,
             limit: Limit::new(settings.config.max_connections),
-            per_source: KeyedLimit::new(),
-            per_vpce: KeyedLimit::new(),
+            client_limits: ClientLimits::new(),
             settings: ArcSwap::from_pointee(settings),
             stop: watch::Sender::new(false),
         })
@@ -100,7 +98,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, shared:
                     );
                     continue;
                 };
-                let limits = (Arc::clone(&slot.per_source), Arc::clone(&slot.per_vpce));
+                let limits = slot.client_limits.clone();
                 let session = Session::run(
                     client,
                     peer,

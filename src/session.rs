@@ -22,7 +22,7 @@ use crate::config::{ProxyProtocol, RouteFallback, SendProxy};
 use crate::connect::{self, ConnectError};
 use crate::daemon::{Phase, Shared};
 use crate::handshake::{self, ClientIdentity, HandshakeError, Hello};
-use crate::limits::{KeyedLimit, KeyedPermit, Permit};
+use crate::limits::{ClientLimits, Permit};
 use crate::listener::ListenerSettings;
 use crate::pool::Pool;
 use crate::proxy_protocol::{self, Accept};
@@ -97,9 +97,6 @@ impl End {
     }
 }
 
-/// Per-client limits shared by a listener's connections.
-pub type ClientLimits = (Arc<KeyedLimit<IpAddr>>, Arc<KeyedLimit<Box<str>>>);
-
 pub struct Session {
     peer: SocketAddr,
     listener: Arc<ListenerSettings>,
@@ -152,9 +149,15 @@ impl Session {
         }
 
         // Limits per client address and per VPC endpoint.
-        let _client_permits = match self.client_permits(client_ip, identity.vpce.as_deref()) {
+        let per_client = self.limits.acquire(
+            client_ip,
+            identity.vpce.as_deref(),
+            config.max_connections_per_source,
+            config.max_connections_per_vpce,
+        );
+        let _client_permits = match per_client {
             Ok(permits) => permits,
-            Err(end) => return refuse_now(&client, end),
+            Err(limit) => return refuse_now(&client, End::RefusedLimit(limit)),
         };
 
         // Route: by the ClientHello's server name where routes are set, else the default pool.
@@ -249,33 +252,6 @@ impl Session {
                 Err(End::ProxyHeaderError(e.reason()))
             }
         }
-    }
-
-    fn client_permits(
-        &self,
-        client: IpAddr,
-        vpce: Option<&str>,
-    ) -> Result<(Option<KeyedPermit<IpAddr>>, Option<KeyedPermit<Box<str>>>), End> {
-        let config = &self.listener.config;
-        let per_source = match config.max_connections_per_source {
-            None => None,
-            Some(max) => Some(
-                self.limits
-                    .0
-                    .try_acquire(client, max)
-                    .ok_or(End::RefusedLimit("per_source"))?,
-            ),
-        };
-        let per_vpce = match (config.max_connections_per_vpce, vpce) {
-            (Some(max), Some(vpce)) => Some(
-                self.limits
-                    .1
-                    .try_acquire(vpce.into(), max)
-                    .ok_or(End::RefusedLimit("per_vpce"))?,
-            ),
-            _ => None,
-        };
-        Ok((per_source, per_vpce))
     }
 
     async fn route(
