@@ -53,13 +53,9 @@ pub enum ConnectError {
     },
 }
 
-/// Called after every attempt, for counting; kept as a plain function pointer-like closure so the
-/// caller decides where counts go.
-pub async fn connect(
-    pool: &Pool,
-    client: IpAddr,
-    mut on_attempt: impl FnMut(&ServerLease, AttemptResult, Duration),
-) -> Result<Upstream, ConnectError> {
+/// Connects to a server of `pool` for `client`, counting every attempt in the server's and
+/// pool's metrics.
+pub async fn connect(pool: &Pool, client: IpAddr) -> Result<Upstream, ConnectError> {
     let mut tried: Vec<usize> = Vec::new();
     let mut last: Option<(AttemptResult, SocketAddr)> = None;
     for attempt in 1..=pool.retries + 1 {
@@ -72,7 +68,8 @@ pub async fn connect(
         let elapsed = started.elapsed();
         let outcome = match result {
             Ok(Ok(stream)) => {
-                on_attempt(&lease, AttemptResult::Ok, elapsed);
+                lease.server().metrics.count_attempt(AttemptResult::Ok);
+                pool.metrics.connect_time.record(elapsed.as_secs_f64());
                 return Ok(Upstream {
                     stream,
                     lease,
@@ -87,7 +84,10 @@ pub async fn connect(
             }
             Err(_) => AttemptResult::Timeout,
         };
-        on_attempt(&lease, outcome, elapsed);
+        lease.server().metrics.count_attempt(outcome);
+        if attempt <= pool.retries {
+            pool.metrics.retries.increment(1);
+        }
         tried.push(index);
         last = Some((outcome, addr));
     }

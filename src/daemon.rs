@@ -21,7 +21,10 @@ use tokio::runtime::Handle;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::access_log::AccessLog;
+use crate::admin::{self, Admin};
 use crate::config::{Config, Drain, ListenerConfig};
 use crate::limits::Limit;
 use crate::listener::{self, ListenerSettings, ListenerSlot};
@@ -29,6 +32,7 @@ use crate::notify::{self, Notifier};
 use crate::pool::Pool;
 use crate::relay;
 use crate::sockopt;
+use crate::telemetry::{self, ListenerMetrics};
 
 /// Where the process is in its life. Ordered: each phase follows the one before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,6 +50,8 @@ pub enum Phase {
 /// What every worker and session shares.
 pub struct Shared {
     pub limit: Arc<Limit>,
+    /// The listeners of the running config, for readiness and /status.
+    pub listeners: ArcSwap<Vec<Arc<ListenerSlot>>>,
     pub access_log: AccessLog,
     pub phase: watch::Sender<Phase>,
     /// The drain settings of the running config.
@@ -73,12 +79,14 @@ pub fn run(config: Config) -> Result<(), String> {
         tracing::warn!("{warning}");
     }
     raise_fd_limit(config.global.max_connections);
+    let prometheus = telemetry::install(config.admin.metrics);
     let worker_count = match config.global.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let shared = Arc::new(Shared {
         limit: Limit::new(Some(config.global.max_connections)),
+        listeners: ArcSwap::from_pointee(Vec::new()),
         access_log: AccessLog::start(config.global.log_format, config.global.log_skip_empty),
         phase: watch::Sender::new(Phase::Running),
         drain: ArcSwap::from_pointee(config.drain.clone()),
@@ -102,6 +110,8 @@ pub fn run(config: Config) -> Result<(), String> {
         };
         let signals = Signals::install()?;
         daemon.apply_initial()?;
+        daemon.start_admin(prometheus)?;
+        daemon.notifier.ready();
         daemon.control(signals).await;
         Ok::<_, String>(daemon)
     });
@@ -207,7 +217,33 @@ impl Daemon {
             let settings = slot.settings.load();
             tracing::info!(listener = %settings.name, address = %slot.addr, pool = %settings.pool.name, "listening");
         }
-        self.notifier.ready();
+        Ok(())
+    }
+
+    /// Binds the admin (and health) listeners and serves them on this, the control, thread.
+    fn start_admin(&self, prometheus: Option<PrometheusHandle>) -> Result<(), String> {
+        let admin = Arc::new(Admin {
+            shared: Arc::clone(&self.shared),
+            prometheus,
+            workers: self.workers.iter().map(|w| w.handle.clone()).collect(),
+        });
+        let listeners = [
+            (self.config.admin.listen, admin::Scope::Full, "admin"),
+            (
+                self.config.admin.health_listen,
+                admin::Scope::HealthOnly,
+                "health",
+            ),
+        ];
+        for (addr, scope, what) in listeners {
+            let Some(addr) = addr else { continue };
+            let socket =
+                admin::bind(addr).map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
+            let listener =
+                TcpListener::from_std(socket).map_err(|e| format!("{what} listener: {e}"))?;
+            tracing::info!(address = %addr, "{what} listener");
+            tokio::spawn(admin::serve(listener, Arc::clone(&admin), scope));
+        }
         Ok(())
     }
 
@@ -335,32 +371,38 @@ impl Daemon {
         self.notifier.reloading();
         let path = self.config.path.clone();
         tracing::info!("SIGHUP: reloading {}", path.display());
-        match Config::load(&path) {
+        let result = match Config::load(&path) {
             Err(errors) => {
                 for e in &errors {
                     tracing::error!("reload: {e}");
                 }
-                tracing::error!(
-                    "reload: {} error(s); still running the previous config",
-                    errors.len()
-                );
+                Err(format!("{} error(s) in {}", errors.len(), path.display()))
             }
             Ok(config) => {
                 for warning in &config.warnings {
                     tracing::warn!("{warning}");
                 }
-                match self.apply(&config) {
-                    Ok(()) => {
-                        if config.global.workers != self.config.global.workers {
-                            tracing::warn!("reload: a change of global.workers takes effect at the next restart");
-                        }
-                        self.config = config;
-                        tracing::info!("reload: done");
+                self.apply(&config).map(|()| {
+                    if config.global.workers != self.config.global.workers {
+                        tracing::warn!(
+                            "reload: a change of global.workers takes effect at the next restart"
+                        );
                     }
-                    Err(e) => tracing::error!("reload: {e}; still running the previous config"),
-                }
+                    self.config = config;
+                })
             }
-        }
+        };
+        let outcome = match result {
+            Ok(()) => {
+                tracing::info!("reload: done");
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!("reload: {e}; still running the previous config");
+                "error"
+            }
+        };
+        metrics::counter!(telemetry::CONFIG_RELOADS, "result" => outcome).increment(1);
         self.notifier.ready();
     }
 
@@ -374,6 +416,7 @@ impl Daemon {
             .collect();
         let settings_for = |l: &ListenerConfig| ListenerSettings {
             name: Arc::from(l.name.as_str()),
+            metrics: ListenerMetrics::new(&l.name, &l.allow_vpce),
             config: l.clone(),
             pool: Arc::clone(&pools[l.pool]),
             pools: pools.clone(),
@@ -433,6 +476,13 @@ impl Daemon {
         self.shared
             .limit
             .set_max(Some(config.global.max_connections));
+        self.shared
+            .listeners
+            .store(Arc::new(self.slots.values().cloned().collect()));
+        for slot in self.slots.values() {
+            let limit = slot.limit.max().unwrap_or(config.global.max_connections);
+            metrics::gauge!(telemetry::CONNECTIONS_LIMIT, "listener" => slot.settings.load().name.to_string()).set(limit as f64);
+        }
         self.shared.drain.store(Arc::new(config.drain.clone()));
         self.pools = pools;
         Ok(())

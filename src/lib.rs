@@ -13,6 +13,7 @@
 //! and `sockopt`.
 
 pub mod access_log;
+pub mod admin;
 pub mod config;
 pub mod connect;
 pub mod daemon;
@@ -28,3 +29,4 @@ pub mod route;
 pub mod session;
 pub mod sni;
 pub mod sockopt;
+pub mod telemetry;

@@ -25,6 +25,7 @@ use crate::limits::{ClientLimits, Limit};
 use crate::pool::Pool;
 use crate::relay;
 use crate::session::{self, End, Session};
+use crate::telemetry::ListenerMetrics;
 
 /// A listener's settings for one config generation.
 pub struct ListenerSettings {
@@ -35,6 +36,7 @@ pub struct ListenerSettings {
     /// Every pool of this generation, for SNI routes (indexed like `Config::pools`).
     pub pools: Vec<Arc<Pool>>,
     pub relay: relay::Settings,
+    pub metrics: ListenerMetrics,
 }
 
 /// A listening address and what survives a reload with it.

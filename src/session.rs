@@ -28,6 +28,7 @@ use crate::pool::Pool;
 use crate::proxy_protocol::{self, Accept};
 use crate::relay::{Ended, Relay, Side};
 use crate::sockopt;
+use crate::telemetry;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +104,8 @@ pub struct Session {
     limits: ClientLimits,
     shared: Arc<Shared>,
     record: Record,
+    /// Bytes already added to the listener's byte counters (client → server, server → client).
+    published: (u64, u64),
 }
 
 impl Session {
@@ -117,6 +120,7 @@ impl Session {
         permits: [Permit; 2],
     ) {
         let started = Instant::now();
+        listener.metrics.active.increment(1.0);
         let record = new_record(&listener, peer);
         let mut session = Session {
             peer,
@@ -124,9 +128,18 @@ impl Session {
             limits,
             shared,
             record,
+            published: (0, 0),
         };
         let end = session.serve(client).await;
-        finish(&session.shared, session.record, started, end);
+        let Session {
+            listener,
+            shared,
+            record,
+            published,
+            ..
+        } = session;
+        listener.metrics.active.decrement(1.0);
+        finish(&listener, &shared, record, started, end, published);
         drop(permits);
     }
 
@@ -142,6 +155,9 @@ impl Session {
         let client_ip = identity.addr.ip().to_canonical();
         self.record.client = identity.addr;
         self.record.vpce = identity.vpce.clone();
+        if let Some(vpce) = &identity.vpce {
+            self.listener.metrics.count_vpce(vpce);
+        }
 
         // Access rules, on the real client.
         if let Err(rule) = self.listener.admits(client_ip, identity.vpce.as_deref()) {
@@ -173,7 +189,7 @@ impl Session {
         self.record.pool = Some(Arc::clone(&pool.name));
 
         // Connect, retrying on other servers.
-        let upstream = match connect::connect(&pool, client_ip, |_, _, _| {}).await {
+        let upstream = match connect::connect(&pool, client_ip).await {
             Ok(upstream) => upstream,
             Err(error) => {
                 tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %identity.addr, "{}", describe(&error));
@@ -208,10 +224,16 @@ impl Session {
         // Relay both ways until both sides have ended, the connection idles out, or a drain
         // reaches its deadline.
         let mut relay = Relay::new(client, server_stream, self.listener.relay);
-        let end = relay_until_end(&mut relay, &self.listener, &self.shared).await;
+        let end = self.relay_until_end(&mut relay).await;
         let (to_server, to_client) = relay.bytes();
         self.record.bytes_client_to_server += to_server;
         self.record.bytes_server_to_client = to_client;
+        if relay.splice_fallbacks() > 0 {
+            self.listener
+                .metrics
+                .splice_fallbacks
+                .increment(u64::from(relay.splice_fallbacks()));
+        }
         drop(upstream.lease);
         end
     }
@@ -314,41 +336,56 @@ fn refuse_now(client: &TcpStream, end: End) -> End {
     end
 }
 
-async fn relay_until_end(relay: &mut Relay, listener: &ListenerSettings, shared: &Shared) -> End {
-    let idle_timeout = listener.config.idle_timeout;
-    let tick = (idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(5));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-    let mut idle_for = Duration::ZERO;
-    let mut last_bytes = (0, 0);
-    let mut phase = shared.phase.subscribe();
-    let drain_deadline = async {
-        if phase.wait_for(|p| *p >= Phase::Closing).await.is_ok() {
-            // Spread closes so the clients of a draining relay don't all reconnect at once.
-            let spread = shared.drain.load().close_spread.mul_f64(fastrand::f64());
-            tokio::time::sleep(spread).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::pin!(drain_deadline);
-    loop {
-        tokio::select! {
-            biased;
-            ended = &mut *relay => return end_of(ended),
-            _ = ticker.tick() => {
-                let bytes = relay.bytes();
-                if bytes == last_bytes {
-                    idle_for += tick;
-                    if idle_for >= idle_timeout {
-                        return End::IdleTimeout;
-                    }
-                } else {
-                    idle_for = Duration::ZERO;
-                    last_bytes = bytes;
-                }
+impl Session {
+    /// Relays until both sides have ended, the connection idles out, or a drain reaches its
+    /// deadline. A tick checks for idleness and publishes the byte counts of long sessions.
+    async fn relay_until_end(&mut self, relay: &mut Relay) -> End {
+        let (listener, shared) = (Arc::clone(&self.listener), Arc::clone(&self.shared));
+        let already_sent = self.record.bytes_client_to_server;
+        let idle_timeout = listener.config.idle_timeout;
+        let tick = (idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        let mut idle_for = Duration::ZERO;
+        let mut last_bytes = (0, 0);
+        let mut phase = shared.phase.subscribe();
+        let drain_deadline = async {
+            if phase.wait_for(|p| *p >= Phase::Closing).await.is_ok() {
+                // Spread closes so the clients of a draining relay don't all reconnect at once.
+                let spread = shared.drain.load().close_spread.mul_f64(fastrand::f64());
+                tokio::time::sleep(spread).await;
+            } else {
+                std::future::pending::<()>().await;
             }
-            _ = &mut drain_deadline => return End::DrainDeadline,
+        };
+        tokio::pin!(drain_deadline);
+        loop {
+            tokio::select! {
+                        biased;
+                        ended = &mut *relay => return end_of(ended),
+                        _ = ticker.tick() => {
+                            let bytes = relay.bytes();
+                            if bytes == last_bytes {
+                                idle_for += tick;
+                                if idle_for >= idle_timeout {
+                                    return End::IdleTimeout;
+                                }
+            } else {
+                                idle_for = Duration::ZERO;
+                                last_bytes = bytes;
+                                self.publish_bytes(already_sent + bytes.0, bytes.1);
+                            }
+                        }
+                        _ = &mut drain_deadline => return End::DrainDeadline,
+                    }
         }
+    }
+
+    /// Adds what moved since the last call to the listener's byte counters.
+    fn publish_bytes(&mut self, to_server: u64, to_client: u64) {
+        let metrics = &self.listener.metrics;
+        telemetry::add_delta(&metrics.bytes_client_to_server, self.published.0, to_server);
+        telemetry::add_delta(&metrics.bytes_server_to_client, self.published.1, to_client);
+        self.published = (to_server, to_client);
     }
 }
 
@@ -412,10 +449,27 @@ fn new_record(listener: &ListenerSettings, peer: SocketAddr) -> Record {
     }
 }
 
-fn finish(shared: &Shared, mut record: Record, started: Instant, end: End) {
+/// The connection's close: its counts published, its access-log line written.
+fn finish(
+    listener: &ListenerSettings,
+    shared: &Shared,
+    mut record: Record,
+    started: Instant,
+    end: End,
+    published: (u64, u64),
+) {
     record.duration = started.elapsed();
     record.end = end.as_str();
     record.detail = end.detail();
+    let metrics = &listener.metrics;
+    metrics.count_outcome(end.outcome());
+    let (to_server, to_client) = (record.bytes_client_to_server, record.bytes_server_to_client);
+    telemetry::add_delta(&metrics.bytes_client_to_server, published.0, to_server);
+    telemetry::add_delta(&metrics.bytes_server_to_client, published.1, to_client);
+    if end.outcome() == "relayed" {
+        metrics.duration.record(record.duration.as_secs_f64());
+        metrics.session_bytes.record((to_server + to_client) as f64);
+    }
     shared.access_log.log(record);
 }
 
@@ -430,7 +484,14 @@ pub fn refuse(
 ) {
     sockopt::reset_on_close(&SockRef::from(&client));
     drop(client);
-    finish(shared, new_record(listener, peer), Instant::now(), end);
+    finish(
+        listener,
+        shared,
+        new_record(listener, peer),
+        Instant::now(),
+        end,
+        (0, 0),
+    );
 }
 
 impl ListenerSettings {

@@ -70,6 +70,10 @@ pub enum RelayMode {
 pub struct Admin {
     /// None: no admin listener.
     pub listen: Option<SocketAddr>,
+    /// A second listener serving only /healthz and /readyz (for a load balancer).
+    pub health_listen: Option<SocketAddr>,
+    /// Record Prometheus metrics (off: /metrics answers 404 and nothing is counted).
+    pub metrics: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +149,19 @@ pub enum Balance {
     RandomTwo,
     SourceHash,
     First,
+}
+
+impl Balance {
+    /// The name the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConnections => "least-connections",
+            Balance::RandomTwo => "random-two",
+            Balance::SourceHash => "source-hash",
+            Balance::First => "first",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +270,8 @@ fn read_config(
         }
         None => Admin {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            health_listen: None,
+            metrics: true,
         },
     };
     let drain = match root.table(diag, "drain") {
@@ -314,13 +333,12 @@ fn read_config(
             "at least one [[listener]] is required",
         );
     }
-    if let Some(addr) = admin.listen {
-        if listen_addrs.contains(&addr) {
-            diag.error(
-                &(0..0),
-                "admin.listen",
-                format!("{addr} is also a listener's address"),
-            );
+    for (key, addr) in [
+        ("admin.listen", admin.listen),
+        ("admin.health_listen", admin.health_listen),
+    ] {
+        if let Some(addr) = addr.filter(|a| listen_addrs.contains(a)) {
+            diag.error(&(0..0), key, format!("{addr} is also a listener's address"));
         }
     }
     root.finish(diag);
@@ -419,7 +437,22 @@ fn read_admin(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Admin {
             }
         },
     };
-    Admin { listen }
+    let health_listen = s.parsed(diag, "health_listen", parse_socket_addr);
+    let metrics = s.bool(diag, "metrics", true);
+    if let Some(addr) = listen {
+        if !addr.ip().is_loopback() {
+            diag.warn(
+                &s.span(),
+                &s.key_path("listen"),
+                format!("the admin listener on {addr} is reachable from the network: /metrics and /status expose internals (use health_listen for a load balancer)"),
+            );
+        }
+    }
+    Admin {
+        listen,
+        health_listen,
+        metrics,
+    }
 }
 
 fn read_drain(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Drain {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{Balance, Keepalive, PoolConfig, SendProxy, ServerAddress, ServerConfig};
+use crate::telemetry::{PoolMetrics, ServerMetrics};
 
 pub struct Server {
     /// From the config; several servers share it when a name resolves to several addresses.
@@ -27,10 +28,13 @@ pub struct Server {
     max_connections: Option<u32>,
     active: AtomicU32,
     up: AtomicBool,
+    pub metrics: ServerMetrics,
 }
 
 impl Server {
-    fn new(config: &ServerConfig, addr: SocketAddr) -> Server {
+    fn new(pool: &str, config: &ServerConfig, addr: SocketAddr) -> Server {
+        let metrics = ServerMetrics::new(pool, &config.name);
+        metrics.up.set(1.0);
         Server {
             name: Arc::from(config.name.as_str()),
             addr,
@@ -39,6 +43,7 @@ impl Server {
             max_connections: config.max_connections,
             active: AtomicU32::new(0),
             up: AtomicBool::new(true),
+            metrics,
         }
     }
 
@@ -52,6 +57,7 @@ impl Server {
 
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
+        self.metrics.up.set(if up { 1.0 } else { 0.0 });
     }
 
     fn has_room(&self) -> bool {
@@ -65,6 +71,7 @@ impl Server {
             self.active.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        self.metrics.active.increment(1.0);
         Some(ServerLease {
             server: Arc::clone(self),
         })
@@ -85,6 +92,7 @@ impl ServerLease {
 impl Drop for ServerLease {
     fn drop(&mut self) {
         self.server.active.fetch_sub(1, Ordering::AcqRel);
+        self.server.metrics.active.decrement(1.0);
     }
 }
 
@@ -96,6 +104,7 @@ pub struct Pool {
     pub keepalive: Keepalive,
     pub send_proxy: SendProxy,
     pub source: Option<IpAddr>,
+    pub metrics: PoolMetrics,
     servers: Vec<Arc<Server>>,
     /// Smooth weighted round-robin state: one running weight per server.
     round_robin: Mutex<Vec<i64>>,
@@ -108,7 +117,9 @@ impl Pool {
         let mut servers = Vec::new();
         for server in &config.servers {
             match &server.address {
-                ServerAddress::Ip(addr) => servers.push(Arc::new(Server::new(server, *addr))),
+                ServerAddress::Ip(addr) => {
+                    servers.push(Arc::new(Server::new(&config.name, server, *addr)))
+                }
                 ServerAddress::Name { host, port } => {
                     match (host.as_str(), *port).to_socket_addrs() {
                         Ok(addrs) => {
@@ -121,7 +132,7 @@ impl Pool {
                             servers.extend(
                                 unique
                                     .into_iter()
-                                    .map(|addr| Arc::new(Server::new(server, addr))),
+                                    .map(|addr| Arc::new(Server::new(&config.name, server, addr))),
                             );
                         }
                         Err(e) => {
@@ -143,6 +154,7 @@ impl Pool {
             keepalive: config.keepalive.clone(),
             send_proxy: config.send_proxy,
             source: config.source,
+            metrics: PoolMetrics::new(&config.name),
             round_robin: Mutex::new(vec![0; servers.len()]),
             servers,
         }
@@ -150,6 +162,30 @@ impl Pool {
 
     pub fn servers(&self) -> &[Arc<Server>] {
         &self.servers
+    }
+
+    /// The pool as /status shows it.
+    pub fn status(&self) -> serde_json::Value {
+        let servers: Vec<serde_json::Value> = self
+            .servers
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": &*s.name,
+                    "address": s.addr.to_string(),
+                    "state": if s.is_up() { "up" } else { "down" },
+                    "active": s.active(),
+                    "weight": s.weight,
+                    "backup": s.backup,
+                    "max_connections": s.max_connections,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": &*self.name,
+            "balance": self.balance.as_str(),
+            "servers": servers,
+        })
     }
 
     /// True when some server could take a connection now.

@@ -1,0 +1,319 @@
+//! Prometheus metrics: names, buckets, and the handles each part of the relay counts with.
+//!
+//! Nothing on the relay path looks a metric up by its labels. Every listener, pool and server
+//! registers its counters once, when its config generation is built, and keeps the handles
+//! (cheap atomics). A connection counts its bytes in itself and adds them to those handles at
+//! boundaries: its close, and its periodic tick for long sessions. Values that live per worker
+//! thread (pipes) or in the kernel (fds, memory, CPU) are read when /metrics is scraped.
+//!
+//! Every label set is bounded: listener, pool and server names come from the config; outcome
+//! and result are fixed words; a VPC endpoint is labelled by its ID only when an allowlist names
+//! it, every other one as "other".
+
+use std::collections::HashMap;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::connect::AttemptResult;
+
+pub const CONNECTIONS: &str = "l4relay_connections_total";
+pub const CONNECTIONS_ACTIVE: &str = "l4relay_connections_active";
+pub const CONNECTIONS_LIMIT: &str = "l4relay_connections_limit";
+pub const BYTES: &str = "l4relay_bytes_total";
+pub const VPCE_CONNECTIONS: &str = "l4relay_vpce_connections_total";
+pub const SESSION_DURATION: &str = "l4relay_session_duration_seconds";
+pub const SESSION_BYTES: &str = "l4relay_session_bytes";
+pub const UPSTREAM_CONNECTIONS: &str = "l4relay_upstream_connections_total";
+pub const UPSTREAM_CONNECT_SECONDS: &str = "l4relay_upstream_connect_seconds";
+pub const UPSTREAM_RETRIES: &str = "l4relay_upstream_retries_total";
+pub const SERVER_UP: &str = "l4relay_server_up";
+pub const SERVER_ACTIVE: &str = "l4relay_server_connections_active";
+pub const CONFIG_RELOADS: &str = "l4relay_config_reloads_total";
+pub const PIPES: &str = "l4relay_pipes";
+pub const SPLICE_FALLBACKS: &str = "l4relay_splice_fallbacks_total";
+pub const ACCESS_LOG_DROPPED: &str = "l4relay_access_log_dropped_total";
+pub const OPEN_FDS: &str = "l4relay_process_open_fds";
+pub const MAX_FDS: &str = "l4relay_process_max_fds";
+pub const RSS_BYTES: &str = "l4relay_process_resident_memory_bytes";
+pub const CPU_SECONDS: &str = "l4relay_process_cpu_seconds";
+pub const READY: &str = "l4relay_ready";
+
+/// Upstream connect time: 100 µs (same-AZ) to 10 s (a timing-out server).
+pub const CONNECT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Session duration: 1 ms (a health check) to 1 h (a long streaming response).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+];
+/// Bytes per session, both directions together: 100 B to 1 GiB.
+pub const BYTES_BUCKETS: &[f64] = &[
+    100.0,
+    1024.0,
+    10240.0,
+    102400.0,
+    1048576.0,
+    10485760.0,
+    104857600.0,
+    1073741824.0,
+];
+
+/// Installs the process-wide recorder; None when metrics are off (every handle is then a no-op).
+pub fn install(enabled: bool) -> Option<PrometheusHandle> {
+    if !enabled {
+        return None;
+    }
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(UPSTREAM_CONNECT_SECONDS.into()),
+            CONNECT_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(SESSION_DURATION.into()), DURATION_BUCKETS)
+        })
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SESSION_BYTES.into()), BYTES_BUCKETS));
+    match builder.and_then(|b| b.install_recorder()) {
+        Ok(handle) => {
+            describe();
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::error!("metrics disabled: {e}");
+            None
+        }
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        CONNECTIONS,
+        "Client connections accepted, by what became of them."
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now.");
+    describe_gauge!(
+        CONNECTIONS_LIMIT,
+        "The listener's connection limit (the process-wide one when it has none)."
+    );
+    describe_counter!(
+        BYTES,
+        Unit::Bytes,
+        "Payload bytes relayed (PROXY headers excluded)."
+    );
+    describe_counter!(
+        VPCE_CONNECTIONS,
+        "Client connections by VPC endpoint (IDs named in allowlists; others as \"other\")."
+    );
+    describe_histogram!(
+        SESSION_DURATION,
+        Unit::Seconds,
+        "How long relayed connections lasted."
+    );
+    describe_histogram!(
+        SESSION_BYTES,
+        Unit::Bytes,
+        "Bytes per relayed connection, both directions."
+    );
+    describe_counter!(
+        UPSTREAM_CONNECTIONS,
+        "Connect attempts to servers, by result."
+    );
+    describe_histogram!(
+        UPSTREAM_CONNECT_SECONDS,
+        Unit::Seconds,
+        "Time to connect to a server (successful attempts)."
+    );
+    describe_counter!(UPSTREAM_RETRIES, "Connect attempts after a failed one.");
+    describe_gauge!(
+        SERVER_UP,
+        "1 when the server may take new connections, else 0."
+    );
+    describe_gauge!(SERVER_ACTIVE, "Connections open to the server now.");
+    describe_counter!(CONFIG_RELOADS, "Config reloads, by result.");
+    describe_gauge!(
+        PIPES,
+        "splice pipes: in_use by connections, pooled for reuse."
+    );
+    describe_counter!(
+        SPLICE_FALLBACKS,
+        "Times splice was refused and the copy path took over."
+    );
+    describe_counter!(
+        ACCESS_LOG_DROPPED,
+        "Access-log lines dropped because stdout could not keep up."
+    );
+    describe_gauge!(OPEN_FDS, "Open file descriptors.");
+    describe_gauge!(MAX_FDS, "The open-file limit.");
+    describe_gauge!(RSS_BYTES, Unit::Bytes, "Resident memory.");
+    describe_gauge!(
+        CPU_SECONDS,
+        Unit::Seconds,
+        "User and system CPU time used so far (use rate())."
+    );
+    describe_gauge!(READY, "1 when /readyz answers 200.");
+}
+
+/// What connections on one listener are counted under.
+pub struct ListenerMetrics {
+    outcomes: [(&'static str, Counter); 7],
+    pub active: Gauge,
+    pub bytes_client_to_server: Counter,
+    pub bytes_server_to_client: Counter,
+    pub duration: Histogram,
+    pub session_bytes: Histogram,
+    pub splice_fallbacks: Counter,
+    vpce: HashMap<Box<str>, Counter>,
+    vpce_other: Counter,
+}
+
+/// The outcomes of `l4relay_connections_total`, all registered up front so each shows as 0.
+const OUTCOMES: [&str; 7] = [
+    "relayed",
+    "refused_rule",
+    "refused_limit",
+    "proxy_header_error",
+    "handshake_timeout",
+    "no_server",
+    "connect_failed",
+];
+
+impl ListenerMetrics {
+    pub fn new(listener: &str, allow_vpce: &[String]) -> ListenerMetrics {
+        let l = listener.to_string();
+        let outcomes = OUTCOMES.map(|outcome| {
+            (
+                outcome,
+                counter!(CONNECTIONS, "listener" => l.clone(), "outcome" => outcome),
+            )
+        });
+        let vpce = allow_vpce
+            .iter()
+            .map(|id| {
+                let c = counter!(VPCE_CONNECTIONS, "listener" => l.clone(), "vpce" => id.clone());
+                (Box::from(id.as_str()), c)
+            })
+            .collect();
+        ListenerMetrics {
+            outcomes,
+            active: gauge!(CONNECTIONS_ACTIVE, "listener" => l.clone()),
+            bytes_client_to_server: counter!(BYTES, "listener" => l.clone(), "direction" => "client_to_server"),
+            bytes_server_to_client: counter!(BYTES, "listener" => l.clone(), "direction" => "server_to_client"),
+            duration: histogram!(SESSION_DURATION, "listener" => l.clone()),
+            session_bytes: histogram!(SESSION_BYTES, "listener" => l.clone()),
+            splice_fallbacks: counter!(SPLICE_FALLBACKS, "listener" => l.clone()),
+            vpce_other: counter!(VPCE_CONNECTIONS, "listener" => l, "vpce" => "other"),
+            vpce,
+        }
+    }
+
+    pub fn count_outcome(&self, outcome: &str) {
+        if let Some((_, counter)) = self.outcomes.iter().find(|(name, _)| *name == outcome) {
+            counter.increment(1);
+        }
+    }
+
+    pub fn count_vpce(&self, vpce: &str) {
+        self.vpce.get(vpce).unwrap_or(&self.vpce_other).increment(1);
+    }
+}
+
+/// What connect attempts to one server are counted under.
+pub struct ServerMetrics {
+    results: [Counter; 4],
+    pub up: Gauge,
+    pub active: Gauge,
+}
+
+impl ServerMetrics {
+    pub fn new(pool: &str, server: &str) -> ServerMetrics {
+        let (p, s) = (pool.to_string(), server.to_string());
+        let result = |r: AttemptResult| counter!(UPSTREAM_CONNECTIONS, "pool" => p.clone(), "server" => s.clone(), "result" => r.as_str());
+        ServerMetrics {
+            results: [
+                result(AttemptResult::Ok),
+                result(AttemptResult::Refused),
+                result(AttemptResult::Timeout),
+                result(AttemptResult::Error),
+            ],
+            up: gauge!(SERVER_UP, "pool" => p.clone(), "server" => s.clone()),
+            active: gauge!(SERVER_ACTIVE, "pool" => p, "server" => s),
+        }
+    }
+
+    pub fn count_attempt(&self, result: AttemptResult) {
+        let index = match result {
+            AttemptResult::Ok => 0,
+            AttemptResult::Refused => 1,
+            AttemptResult::Timeout => 2,
+            AttemptResult::Error => 3,
+        };
+        self.results[index].increment(1);
+    }
+}
+
+/// What a pool's connects are counted under.
+pub struct PoolMetrics {
+    pub connect_time: Histogram,
+    pub retries: Counter,
+}
+
+impl PoolMetrics {
+    pub fn new(pool: &str) -> PoolMetrics {
+        PoolMetrics {
+            connect_time: histogram!(UPSTREAM_CONNECT_SECONDS, "pool" => pool.to_string()),
+            retries: counter!(UPSTREAM_RETRIES, "pool" => pool.to_string()),
+        }
+    }
+}
+
+/// Process figures from /proc, refreshed before each scrape.
+pub fn record_process() {
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        gauge!(OPEN_FDS).set(dir.count().saturating_sub(1) as f64);
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        if let Some(soft) = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            gauge!(MAX_FDS).set(soft);
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(kib) = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            gauge!(RSS_BYTES).set(kib * 1024.0);
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may contain spaces): utime is the 12th, stime the 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: Option<u64> = fields
+            .get(11)
+            .zip(fields.get(12))
+            .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?));
+        if let Some(ticks) = ticks {
+            // SAFETY: sysconf only reads a configuration value.
+            let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+            gauge!(CPU_SECONDS).set(ticks as f64 / per_second);
+        }
+    }
+}
+
+/// Adds `new - old` to a counter; for byte counts published at ticks.
+pub fn add_delta(counter: &Counter, old: u64, new: u64) {
+    if new > old {
+        counter.increment(new - old);
+    }
+}
