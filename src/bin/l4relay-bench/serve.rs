@@ -1,0 +1,330 @@
+//! `serve`: the built-in upstream for local runs.
+//!
+//! * echo: writes back what it reads; on read EOF it finishes writing and
+//!   then shuts down its write side, so half-close passes through a relay.
+//! * sink: reads and discards.
+//! * source: writes zeros without end until the peer goes away (it also reads
+//!   and discards, so a client that sends is never blocked).
+//!
+//! Echo and sink also answer the framed requests of `rate` and `latency`
+//! (see `protocol`), recognised from the first bytes of a connection, and
+//! every mode strips a leading PROXY v1/v2 header, so the same server works
+//! directly and behind a relay that adds one.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use crate::protocol::{self, Kind, RequestParser};
+use crate::proxy_v2::{self, Preamble};
+use crate::run::Signals;
+use crate::units::{fmt_bytes, fmt_duration};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Echo,
+    Sink,
+    Source,
+}
+
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub mode: Mode,
+    pub chunk: usize,
+    pub backlog: u32,
+    pub duration: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Stats {
+    accepted: AtomicU64,
+    active: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    proxy_headers: AtomicU64,
+    framed: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Buffers start here and double up to `--chunk` only for connections that
+/// fill them, so thousands of idle connections cost little memory.
+const INITIAL_BUF: usize = 16 * 1024;
+/// Room for the largest v2 header (16 + 65535) when a relay sends big TLVs.
+const MAX_PREAMBLE: usize = 16 + 65_535 + 4;
+
+pub async fn run(cfg: ServeConfig) -> Result<(), String> {
+    let sock = if cfg.listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    sock.set_reuseaddr(true)
+        .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+    sock.bind(cfg.listen)
+        .map_err(|e| format!("cannot bind {}: {e}", cfg.listen))?;
+    let listener = sock
+        .listen(cfg.backlog)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    // Scripts and the integration test read this line to learn the port of `--listen HOST:0`.
+    let mode = clap::ValueEnum::to_possible_value(&cfg.mode)
+        .map_or(String::new(), |v| v.get_name().to_string());
+    println!("listening on {local} mode {mode}");
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+
+    let stats = Arc::new(Stats::default());
+    let zeros: Arc<[u8]> = vec![0u8; cfg.chunk].into();
+    let started = Instant::now();
+    let deadline = cfg.duration.map(|d| started + d);
+    let mut signals = Signals::new();
+    let mut last_accept_warning: Option<Instant> = None;
+    loop {
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signals.recv() => break,
+            _ = until_deadline => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => {
+                    stats.accepted.fetch_add(1, Relaxed);
+                    let (stats, zeros) = (stats.clone(), zeros.clone());
+                    tokio::spawn(handle(s, cfg.mode, cfg.chunk, zeros, stats));
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE persist until connections close: back off
+                    // instead of spinning, and say so at most once a second.
+                    if last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        eprintln!("serve: accept failed: {e}");
+                        last_accept_warning = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "serve: {} after {}: {} connections ({} still open, {} with PROXY header, {} framed, {} errors), in {}, out {}",
+        local,
+        fmt_duration(started.elapsed()),
+        stats.accepted.load(Relaxed),
+        stats.active.load(Relaxed),
+        stats.proxy_headers.load(Relaxed),
+        stats.framed.load(Relaxed),
+        stats.errors.load(Relaxed),
+        fmt_bytes(stats.bytes_in.load(Relaxed) as f64),
+        fmt_bytes(stats.bytes_out.load(Relaxed) as f64),
+    );
+    Ok(())
+}
+
+async fn handle(mut s: TcpStream, mode: Mode, chunk: usize, zeros: Arc<[u8]>, stats: Arc<Stats>) {
+    let _ = s.set_nodelay(true);
+    stats.active.fetch_add(1, Relaxed);
+    let r = match mode {
+        Mode::Source => source(&mut s, &zeros, &stats).await,
+        Mode::Echo | Mode::Sink => reader_modes(&mut s, mode, chunk, &zeros, &stats).await,
+    };
+    if let Err(e) = r {
+        // A client going away mid-stream is the normal end of a benchmark
+        // connection, not a server error.
+        if !matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+        ) {
+            stats.errors.fetch_add(1, Relaxed);
+        }
+    }
+    stats.active.fetch_sub(1, Relaxed);
+}
+
+async fn source(s: &mut TcpStream, zeros: &[u8], stats: &Stats) -> io::Result<()> {
+    let (mut r, mut w) = s.split();
+    tokio::select! {
+        res = pump_out(&mut w, zeros, stats) => res,
+        res = drain_in(&mut r, stats) => res,
+    }
+}
+
+async fn pump_out<W: AsyncWrite + Unpin>(w: &mut W, zeros: &[u8], stats: &Stats) -> io::Result<()> {
+    loop {
+        let n = w.write(zeros).await?;
+        stats.bytes_out.fetch_add(n as u64, Relaxed);
+    }
+}
+
+/// Discards input; after EOF keeps waiting, because a half-closed peer still
+/// reads and `source` must keep writing until the write fails.
+async fn drain_in<R: AsyncRead + Unpin>(r: &mut R, stats: &Stats) -> io::Result<()> {
+    let mut b = vec![0u8; 4096];
+    loop {
+        let n = r.read(&mut b).await?;
+        if n == 0 {
+            return std::future::pending().await;
+        }
+        stats.bytes_in.fetch_add(n as u64, Relaxed);
+    }
+}
+
+/// Reads more into `buf[*filled..]`, growing it up to `max` if full.
+/// Returns the number of bytes read (0 at EOF).
+async fn fill(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    filled: &mut usize,
+    max: usize,
+    stats: &Stats,
+) -> io::Result<usize> {
+    if *filled == buf.len() {
+        if buf.len() >= max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "preamble too long",
+            ));
+        }
+        buf.resize((buf.len() * 2).min(max), 0);
+    }
+    let n = s.read(&mut buf[*filled..]).await?;
+    *filled += n;
+    stats.bytes_in.fetch_add(n as u64, Relaxed);
+    Ok(n)
+}
+
+async fn reader_modes(
+    s: &mut TcpStream,
+    mode: Mode,
+    chunk: usize,
+    zeros: &[u8],
+    stats: &Stats,
+) -> io::Result<()> {
+    // Nothing is allocated until the client sends: idle connections stay cheap.
+    s.readable().await?;
+    let mut buf = vec![0u8; 1024];
+    let mut filled = 0;
+    let mut eof = false;
+    let mut start = 0;
+    loop {
+        match proxy_v2::detect(&buf[..filled]) {
+            Preamble::NeedMore if !eof => {
+                eof = fill(s, &mut buf, &mut filled, MAX_PREAMBLE, stats).await? == 0
+            }
+            Preamble::NeedMore | Preamble::Absent => break,
+            Preamble::Header(len) => {
+                start = len;
+                stats.proxy_headers.fetch_add(1, Relaxed);
+                break;
+            }
+            Preamble::Invalid => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bad PROXY header",
+                ))
+            }
+        }
+    }
+    let kind = loop {
+        match protocol::classify(&buf[start..filled]) {
+            Kind::NeedMore if !eof => {
+                eof = fill(s, &mut buf, &mut filled, MAX_PREAMBLE, stats).await? == 0
+            }
+            Kind::NeedMore => break Kind::Raw,
+            k => break k,
+        }
+    };
+    if kind == Kind::Framed {
+        stats.framed.fetch_add(1, Relaxed);
+        return framed(s, buf, start, filled, eof, zeros, stats).await;
+    }
+    if mode == Mode::Echo && filled > start {
+        s.write_all(&buf[start..filled]).await?;
+        stats.bytes_out.fetch_add((filled - start) as u64, Relaxed);
+    }
+    if eof {
+        return s.shutdown().await;
+    }
+    raw_loop(s, mode == Mode::Echo, buf, chunk, stats).await
+}
+
+/// Echo or discard until EOF, then shut down the write side.
+async fn raw_loop(
+    s: &mut TcpStream,
+    echo: bool,
+    mut buf: Vec<u8>,
+    chunk: usize,
+    stats: &Stats,
+) -> io::Result<()> {
+    if buf.len() < INITIAL_BUF.min(chunk) {
+        buf.resize(INITIAL_BUF.min(chunk), 0);
+    }
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return s.shutdown().await;
+        }
+        stats.bytes_in.fetch_add(n as u64, Relaxed);
+        if echo {
+            s.write_all(&buf[..n]).await?;
+            stats.bytes_out.fetch_add(n as u64, Relaxed);
+        }
+        // A full read means a bulk sender: grow toward --chunk for fewer syscalls.
+        if n == buf.len() && buf.len() < chunk {
+            buf.resize((buf.len() * 2).min(chunk), 0);
+        }
+    }
+}
+
+async fn framed(
+    s: &mut TcpStream,
+    mut buf: Vec<u8>,
+    start: usize,
+    filled: usize,
+    mut eof: bool,
+    zeros: &[u8],
+    stats: &Stats,
+) -> io::Result<()> {
+    let mut parser = RequestParser::default();
+    let mut pending = (start, filled);
+    loop {
+        let fed = parser
+            .feed(&buf[pending.0..pending.1])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        // All replies owed for one read go out together, so pipelined
+        // requests cost one write rather than one per request.
+        let mut owed = fed.reply_bytes;
+        while owed > 0 {
+            let k = owed.min(zeros.len() as u64) as usize;
+            s.write_all(&zeros[..k]).await?;
+            owed -= k as u64;
+            stats.bytes_out.fetch_add(k as u64, Relaxed);
+        }
+        if fed.close {
+            // The server closes first so TIME_WAIT lands here, not on the client.
+            return Ok(());
+        }
+        if eof {
+            return s.shutdown().await;
+        }
+        if buf.len() < INITIAL_BUF {
+            buf.resize(INITIAL_BUF, 0);
+        }
+        let n = s.read(&mut buf).await?;
+        stats.bytes_in.fetch_add(n as u64, Relaxed);
+        eof = n == 0;
+        pending = (0, n);
+    }
+}
