@@ -319,3 +319,56 @@ async fn the_json_access_log_has_one_object_per_connection() {
         assert!(v["vpce"].is_null() && v["sni"].is_null() && v["detail"].is_null());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_exposition() {
+    if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: promtool not installed (apt-get install prometheus); CI installs it");
+        return;
+    }
+    let (server, _) = echo_server().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = config(
+        listen,
+        &[server],
+        "proxy_protocol = \"any\"\nallow_vpce = [\"vpce-0123456789abcdef0\"]",
+        "",
+    )
+    .replace("listen = \"off\"", &format!("listen = \"{admin}\""));
+    let relay = RelayProcess::start(&config);
+    let mut stream = TcpStream::connect(listen).await.unwrap();
+    stream
+        .write_all(b"PROXY TCP4 10.0.0.1 10.0.0.2 1000 443\r\nhello")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest).await;
+    relay.wait_for_log_lines(1, Duration::from_secs(5)).await;
+    let (_, text) = http_get(admin, "/metrics", b"").await;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool rejected the exposition:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -63,6 +63,11 @@ impl RelayProcess {
 
     /// Like `start`, with a shell snippet run before exec (e.g. "ulimit -n 256").
     pub fn start_with_shell_prefix(config: &str, prefix: Option<&str>) -> RelayProcess {
+        Self::start_with(config, prefix, &[])
+    }
+
+    /// Like `start`, with a shell prefix and extra environment variables.
+    pub fn start_with(config: &str, prefix: Option<&str>, envs: &[(&str, &str)]) -> RelayProcess {
         let dir = scratch_dir("relay");
         let config_path = dir.join("l4relay.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -83,6 +88,7 @@ impl RelayProcess {
                 c
             }
         };
+        command.envs(envs.iter().copied());
         let child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
