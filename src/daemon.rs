@@ -70,11 +70,20 @@ pub struct Daemon {
     slots: HashMap<SocketAddr, Arc<ListenerSlot>>,
     pools: Vec<Arc<Pool>>,
     notifier: Notifier,
+    options: Options,
 }
 
 /// Runs the daemon until it has drained or been told to exit. Errors are startup failures
 /// (a listener that cannot bind, no worker thread).
-pub fn run(config: Config) -> Result<(), String> {
+/// How the daemon was started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Bind listening addresses even when another process listens on them with SO_REUSEPORT
+    /// (the binary-upgrade procedure: start beside the old process, then drain it).
+    pub takeover: bool,
+}
+
+pub fn run(config: Config, options: Options) -> Result<(), String> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -106,6 +115,7 @@ pub fn run(config: Config) -> Result<(), String> {
             workers,
             slots: HashMap::new(),
             pools: Vec::new(),
+            options,
             notifier: Notifier::from_env(),
         };
         let signals = Signals::install()?;
@@ -310,6 +320,7 @@ impl Daemon {
             drain.announce + drain.deadline + drain.close_spread + Duration::from_secs(5),
         );
         self.shared.phase.send_replace(Phase::Announcing);
+        metrics::gauge!(telemetry::DRAINING).set(1.0);
 
         let now_or_on_signal = async {
             tokio::select! {
@@ -433,6 +444,14 @@ impl Daemon {
             .iter()
             .filter(|l| !self.slots.contains_key(&l.listen))
         {
+            if !self.options.takeover {
+                sockopt::ensure_unused(l.listen).map_err(|e| {
+                    format!(
+                        "listener \"{}\": cannot listen on {}: {e}",
+                        l.name, l.listen
+                    )
+                })?;
+            }
             let sockets = (0..self.workers.len())
                 .map(|_| sockopt::bind_listener(l.listen, l.backlog, &l.keepalive))
                 .collect::<Result<Vec<_>, _>>()

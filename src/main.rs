@@ -24,6 +24,11 @@ enum Command {
         /// Config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Listen even where another process already listens (SO_REUSEPORT), to start a new
+        /// version beside a running one before draining the old one. Without it, an address
+        /// in use is an error.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file: print every error (file:line:column: key: message) and exit 1,
     /// or exit 0 silently when it is valid. Warnings about risky settings go to stderr.
@@ -51,7 +56,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            takeover,
+        } => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -67,7 +75,7 @@ fn main() -> ExitCode {
                 }
             };
             l4relay::logging::init(&config.global.log_level);
-            match l4relay::daemon::run(config) {
+            match l4relay::daemon::run(config, l4relay::daemon::Options { takeover }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

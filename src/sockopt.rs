@@ -67,6 +67,25 @@ pub fn bind_address_no_port(socket: &Socket) -> io::Result<()> {
     }
 }
 
+/// Fails if another socket is already bound to `addr` (say, a second l4relay): SO_REUSEPORT
+/// would otherwise let a new process share the address silently and take part of its
+/// connections. A probe bound without SO_REUSEPORT conflicts with any existing listener.
+pub fn ensure_unused(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Sockets in TIME_WAIT from an earlier run are no conflict.
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                e.kind(),
+                "address already in use (another l4relay? to start beside it for an upgrade, run with --takeover)",
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// Makes the next close of this socket send a RST instead of a FIN.
 pub fn reset_on_close(socket: &SockRef<'_>) {
     // Errors mean the socket is already gone, which is what a reset wants anyway.

@@ -38,6 +38,7 @@ pub const MAX_FDS: &str = "l4relay_process_max_fds";
 pub const RSS_BYTES: &str = "l4relay_process_resident_memory_bytes";
 pub const CPU_SECONDS: &str = "l4relay_process_cpu_seconds";
 pub const READY: &str = "l4relay_ready";
+pub const DRAINING: &str = "l4relay_draining";
 
 /// Upstream connect time: 100 µs (same-AZ) to 10 s (a timing-out server).
 pub const CONNECT_BUCKETS: &[f64] = &[
@@ -153,6 +154,15 @@ fn describe() {
         "User and system CPU time used so far (use rate())."
     );
     describe_gauge!(READY, "1 when /readyz answers 200.");
+    describe_gauge!(
+        DRAINING,
+        "1 from SIGTERM until exit (readiness is then 0 on purpose)."
+    );
+    // Registered at zero so a first failed reload shows as an increase.
+    for result in ["ok", "error"] {
+        counter!(CONFIG_RELOADS, "result" => result).absolute(0);
+    }
+    gauge!(DRAINING).set(0.0);
 }
 
 /// What connections on one listener are counted under.

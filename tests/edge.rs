@@ -9,7 +9,8 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,53 @@ fn relay_config(listeners: &[String], pools: &[String]) -> String {
     )
 }
 
+/// A listen address of its own for a relay: a loopback address no other test (in this process,
+/// or likely in another) uses, with a port free on it a moment ago.
+///
+/// Not `free_addr()` on 127.0.0.1: the relay binds with SO_REUSEPORT, so two relays handed the
+/// same port (tests in parallel, or test runs in parallel) would both start and silently share
+/// each other's connections.
+fn listen_addr() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let ip = Ipv4Addr::new(
+        127,
+        100 + (std::process::id() % 150) as u8,
+        (n / 250) as u8,
+        (n % 250 + 1) as u8,
+    );
+    let probe = std::net::TcpListener::bind((ip, 0)).expect("bind a loopback address");
+    probe.local_addr().unwrap()
+}
+
+fn octets(addr: SocketAddr) -> [u8; 4] {
+    match addr.ip() {
+        IpAddr::V4(ip) => ip.octets(),
+        IpAddr::V6(_) => panic!("IPv4 listeners only"),
+    }
+}
+
+/// Starts the relay on a config built around fresh listen addresses. The port `listen_addr()`
+/// found free can still be taken before the relay binds it (rarely, on these addresses): then
+/// the relay exits with "Address already in use", and this builds the config again.
+fn start_relay<T>(build: impl Fn() -> (String, T)) -> (RelayProcess, T) {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let (config, addresses) = build();
+        let started = std::panic::catch_unwind(|| RelayProcess::start(&config));
+        match started {
+            Ok(relay) => return (relay, addresses),
+            Err(panic) => {
+                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+                if attempt == ATTEMPTS || !message.contains("Address already in use") {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+    unreachable!()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sockets.
 
@@ -128,18 +176,67 @@ async fn connect(to: SocketAddr) -> TcpStream {
     stream
 }
 
-/// Connects from a chosen loopback address (127.0.0.x), port chosen by the kernel.
-async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+/// Connects from a chosen loopback address (127.0.0.x), port chosen by the kernel at bind
+/// time, so the `client=` the relay logs is known even when the connect itself fails: a relay
+/// that refuses at once can reset the connection before `connect` returns.
+async fn open(ip: &str, to: SocketAddr) -> (String, std::io::Result<TcpStream>) {
     let socket = TcpSocket::new_v4().unwrap();
     socket
         .bind(SocketAddr::new(ip.parse().unwrap(), 0))
         .expect("bind a loopback source address");
+    let client = socket.local_addr().unwrap().to_string();
     let stream = tokio::time::timeout(IO_LIMIT, socket.connect(to))
         .await
-        .expect("connect in time")
-        .expect("connect to the relay");
-    stream.set_nodelay(true).unwrap();
-    stream
+        .expect("connect in time");
+    if let Ok(stream) = &stream {
+        stream.set_nodelay(true).unwrap();
+    }
+    (client, stream)
+}
+
+async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+    open(ip, to).await.1.expect("connect to the relay")
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+}
+
+/// Connects from `from`, sends `bytes` (then half-closes if asked) and expects the relay to
+/// reset the connection, wherever the reset shows first: at connect, on the write or on the
+/// read. Returns the client address the relay saw, and the time from connect to reset.
+async fn expect_reset(
+    from: &str,
+    to: SocketAddr,
+    bytes: &[u8],
+    half_close: bool,
+    what: &str,
+) -> (String, Duration) {
+    let started = Instant::now();
+    let (client, stream) = open(from, to).await;
+    let mut stream = match stream {
+        Ok(stream) => stream,
+        Err(e) if is_reset(&e) => return (client, started.elapsed()),
+        Err(e) => panic!("{what}: connect: {e}"),
+    };
+    if let Err(e) = stream.write_all(bytes).await {
+        assert!(is_reset(&e), "{what}: write: {e}");
+        return (client, started.elapsed());
+    }
+    if half_close {
+        if let Err(e) = stream.shutdown().await {
+            assert!(is_reset(&e), "{what}: shutdown: {e}");
+            return (client, started.elapsed());
+        }
+    }
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(IO_LIMIT, stream.read(&mut buf)).await {
+        Err(_) => panic!("{what}: still open after {IO_LIMIT:?}"),
+        Ok(Ok(0)) => panic!("{what}: closed with a FIN, expected a reset"),
+        Ok(Ok(n)) => panic!("{what}: received {n} bytes {:?}", &buf[..n]),
+        Ok(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{what}: {e}"),
+    }
+    (client, started.elapsed())
 }
 
 /// The `client=` value the relay logs for a connection it knows only by its socket.
@@ -169,29 +266,20 @@ async fn finish(mut stream: TcpStream, what: &str) {
     assert!(rest.is_empty(), "{what}: unexpected bytes {rest:?}");
 }
 
-/// The relay must reset the connection (it refuses with SO_LINGER 0); returns how long it took.
-async fn assert_reset(stream: &mut TcpStream, what: &str) -> Duration {
-    let started = Instant::now();
-    let mut buf = [0u8; 256];
-    match tokio::time::timeout(IO_LIMIT, stream.read(&mut buf)).await {
-        Err(_) => panic!("{what}: still open after {IO_LIMIT:?}"),
-        Ok(Ok(0)) => panic!("{what}: closed with a FIN, expected a reset"),
-        Ok(Ok(n)) => panic!("{what}: received {n} bytes {:?}", &buf[..n]),
-        Ok(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{what}: {e}"),
-    }
-    started.elapsed()
-}
-
 /// Connects (from `from`, if given), writes `preamble` and a probe, and waits for the probe's
 /// echo: Some(stream) when relayed, None when the relay closed or reset the connection.
 async fn try_relayed(to: SocketAddr, from: Option<&str>, preamble: &[u8]) -> Option<TcpStream> {
-    let mut stream = match from {
-        Some(ip) => connect_from(ip, to).await,
-        None => connect(to).await,
+    let mut stream = match open(from.unwrap_or("127.0.0.1"), to).await.1 {
+        Ok(stream) => stream,
+        Err(e) if is_reset(&e) => return None,
+        Err(e) => panic!("connect: {e}"),
     };
     let mut first = preamble.to_vec();
     first.extend_from_slice(b"probe");
-    stream.write_all(&first).await.ok()?;
+    if let Err(e) = stream.write_all(&first).await {
+        assert!(is_reset(&e), "write: {e}");
+        return None;
+    }
     let mut got = [0u8; 5];
     match tokio::time::timeout(IO_LIMIT, stream.read_exact(&mut got)).await {
         Err(_) => panic!("neither relayed nor refused within {IO_LIMIT:?}"),
@@ -199,7 +287,9 @@ async fn try_relayed(to: SocketAddr, from: Option<&str>, preamble: &[u8]) -> Opt
             assert_eq!(&got, b"probe");
             Some(stream)
         }
-        Ok(Err(_)) => None,
+        // A reset; or EOF when the write already reported it.
+        Ok(Err(e)) if is_reset(&e) || e.kind() == ErrorKind::UnexpectedEof => None,
+        Ok(Err(e)) => panic!("reading the probe: {e}"),
     }
 }
 
@@ -234,7 +324,7 @@ async fn recording_server() -> (SocketAddr, Accepted, mpsc::UnboundedReceiver<Re
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut stream, peer)) = listener.accept().await {
-            count.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            count.0.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut bytes = Vec::new();
@@ -263,26 +353,42 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
 }
 
-/// Waits for the access-log line whose `client=` is `client`; returns it.
-async fn log_for(relay: &RelayProcess, client: &str) -> String {
-    log_nth(relay, client, 1).await
+/// How many lines the access log has: a mark to search from for the next connection's line.
+/// Client ports are reused (another listener, or after TIME_WAIT reuse on loopback), so a
+/// socket-named client is looked up only in lines written after its connection was opened.
+fn log_mark(relay: &RelayProcess) -> usize {
+    relay.access_log().lines().count()
 }
 
-/// Waits for the `n`th (from 1) access-log line whose `client=` is `client`; returns it.
-async fn log_nth(relay: &RelayProcess, client: &str, n: usize) -> String {
+/// Waits for the access-log line whose `client=` is `client` (unique in the whole log, like the
+/// sources named in PROXY headers here); returns it.
+async fn log_for(relay: &RelayProcess, client: &str) -> String {
+    log_since(relay, 0, client).await
+}
+
+/// Waits for the first access-log line from line `mark` on whose `client=` is `client`.
+async fn log_since(relay: &RelayProcess, mark: usize, client: &str) -> String {
     let found = |log: &str| {
         log.lines()
-            .filter(|l| field(l, "client") == Some(client))
-            .nth(n - 1)
+            .skip(mark)
+            .find(|l| field(l, "client") == Some(client))
             .map(str::to_string)
     };
     eventually(IO_LIMIT, || found(&relay.access_log()).is_some()).await;
     found(&relay.access_log()).unwrap_or_else(|| {
         panic!(
-            "no access-log line #{n} for client={client}:\n{}",
+            "no access-log line for client={client} after line {mark}:\n{}",
             relay.access_log()
         )
     })
+}
+
+/// Waits for the first access-log line that satisfies `wanted`; returns it.
+async fn log_where(relay: &RelayProcess, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let found = |log: &str| log.lines().find(|l| wanted(l)).map(str::to_string);
+    eventually(IO_LIMIT, || found(&relay.access_log()).is_some()).await;
+    found(&relay.access_log())
+        .unwrap_or_else(|| panic!("no access-log line for {what}:\n{}", relay.access_log()))
 }
 
 /// Asserts each `key=value` of `expected` in `line`; `None` means the field is absent.
@@ -300,8 +406,13 @@ fn assert_fields(line: &str, expected: &[(&str, Option<&str>)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_v2_vectors_end_to_end() {
     let (server, accepted) = echo_server().await;
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(listen, &[server], "proxy_protocol = \"v2\"", ""));
+    let (relay, listen) = start_relay(|| {
+        let listen = listen_addr();
+        (
+            config(listen, &[server], "proxy_protocol = \"v2\"", ""),
+            listen,
+        )
+    });
 
     // (what, header, expected client= (None: the socket's own peer), expected vpce=)
     let vpce_first = "vpce-0000000000000000a";
@@ -311,7 +422,7 @@ async fn proxy_v2_vectors_end_to_end() {
     let authority = tlv(0x02, b"api.example.com");
     let noop = tlv(0x04, &[0u8; 7]);
     let azure = tlv(0xEE, &[0x01, 0x78, 0x56, 0x34, 0x12]);
-    let cases: Vec<(&str, Vec<u8>, Option<&str>, Option<&str>)> = vec![
+    let cases = vec![
         (
             "IPv4",
             proxy_v2("192.0.2.1:56324", "198.51.100.1:443", &[]),
@@ -347,6 +458,29 @@ async fn proxy_v2_vectors_end_to_end() {
             v2(VERSION_PROXY, UNSPEC, &[1, 2, 3, 4, 5, 6, 7, 8]),
             None,
             None,
+        ),
+        (
+            "PROXY AF_UNIX stream (no IP addresses)",
+            v2(VERSION_PROXY, 0x31, &[b'/'; 216]),
+            None,
+            None,
+        ),
+        (
+            "the largest header accepted: 4096 bytes after the fixed part",
+            {
+                let header = proxy_v2(
+                    "192.0.2.9:40009",
+                    "198.51.100.1:443",
+                    &[
+                        tlv(0x04, &[0u8; 4096 - 12 - 3 - 26]),
+                        aws_tlv("vpce-0000000000000000f"),
+                    ],
+                );
+                assert_eq!(header.len(), 16 + 4096);
+                header
+            },
+            Some("192.0.2.9:40009"),
+            Some("vpce-0000000000000000f"),
         ),
         (
             "AWS TLV first",
@@ -390,6 +524,7 @@ async fn proxy_v2_vectors_end_to_end() {
         // Header and payload in one write, and header dribbled a byte per write.
         for dribble in [false, true] {
             let what = format!("{what} (dribbled: {dribble})");
+            let mark = log_mark(&relay);
             let mut stream = connect(listen).await;
             let payload = format!("payload {i} {dribble} \r\n\r\n\0 after the header").into_bytes();
             if dribble {
@@ -414,11 +549,9 @@ async fn proxy_v2_vectors_end_to_end() {
             relayed += 1;
 
             let expected_client = client.map(str::to_string).unwrap_or(socket);
-            // A PROXY-named client appears twice (once per write style).
-            let nth = if client.is_some() && dribble { 2 } else { 1 };
-            let last = log_nth(&relay, &expected_client, nth).await;
+            let line = log_since(&relay, mark, &expected_client).await;
             assert_fields(
-                &last,
+                &line,
                 &[
                     ("client", Some(&expected_client)),
                     ("vpce", Some(vpce.unwrap_or("-"))),
@@ -432,14 +565,33 @@ async fn proxy_v2_vectors_end_to_end() {
     assert_eq!(accepted.get(), relayed);
 }
 
+/// "PROXY UNKNOWN " + 91 bytes + CRLF: the spec's 107-byte maximum, CRLF included.
+const V1_LONGEST: [u8; 107] = {
+    let mut line = [b'f'; 107];
+    let prefix = b"PROXY UNKNOWN ";
+    let mut i = 0;
+    while i < prefix.len() {
+        line[i] = prefix[i];
+        i += 1;
+    }
+    line[105] = b'\r';
+    line[106] = b'\n';
+    line
+};
+
 /// Well-formed v1 lines: TCP4, TCP6, UNKNOWN (the socket's own addresses).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_v1_vectors_end_to_end() {
     let (server, accepted) = echo_server().await;
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(listen, &[server], "proxy_protocol = \"v1\"", ""));
+    let (relay, listen) = start_relay(|| {
+        let listen = listen_addr();
+        (
+            config(listen, &[server], "proxy_protocol = \"v1\"", ""),
+            listen,
+        )
+    });
 
-    let cases: [(&str, &[u8], Option<&str>); 4] = [
+    let cases: [(&str, &[u8], Option<&str>); 5] = [
         (
             "TCP4",
             b"PROXY TCP4 192.0.2.10 198.51.100.1 40001 443\r\n",
@@ -456,10 +608,13 @@ async fn proxy_v1_vectors_end_to_end() {
             b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n",
             None,
         ),
+        ("UNKNOWN, 107 bytes: the longest line", &V1_LONGEST, None),
     ];
+    assert_eq!(V1_LONGEST.len(), 107);
     for (what, header, client) in cases {
         for dribble in [false, true] {
             let what = format!("{what} (dribbled: {dribble})");
+            let mark = log_mark(&relay);
             let mut stream = connect(listen).await;
             // The payload starts like another header: it must not be taken for one.
             let payload = b"PROXY TCP4 1.1.1.1 2.2.2.2 1 2\r\nand more";
@@ -484,9 +639,7 @@ async fn proxy_v1_vectors_end_to_end() {
             let socket = socket_client(&stream);
             finish(stream, &what).await;
             let expected_client = client.map(str::to_string).unwrap_or(socket);
-            // A PROXY-named client appears twice (once per write style).
-            let nth = if client.is_some() && dribble { 2 } else { 1 };
-            let line = log_nth(&relay, &expected_client, nth).await;
+            let line = log_since(&relay, mark, &expected_client).await;
             assert_fields(
                 &line,
                 &[
@@ -497,7 +650,7 @@ async fn proxy_v1_vectors_end_to_end() {
             );
         }
     }
-    assert_eq!(accepted.get(), 8);
+    assert_eq!(accepted.get(), 10);
 }
 
 /// Malformed headers are reset and logged with the parser's reason; a connection already
@@ -505,14 +658,20 @@ async fn proxy_v1_vectors_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_proxy_headers_are_refused_and_logged() {
     let (server, accepted) = echo_server().await;
-    let (listen_v2, listen_v1) = (free_addr(), free_addr());
-    let relay = RelayProcess::start(&relay_config(
-        &[
-            listener("v2", listen_v2, "p", "proxy_protocol = \"v2\""),
-            listener("v1", listen_v1, "p", "proxy_protocol = \"v1\""),
-        ],
-        &[pool("p", &[server], "")],
-    ));
+    let (relay, (listen_v2, listen_v1, listen_any)) = start_relay(|| {
+        let (listen_v2, listen_v1, listen_any) = (listen_addr(), listen_addr(), listen_addr());
+        (
+            relay_config(
+                &[
+                    listener("v2", listen_v2, "p", "proxy_protocol = \"v2\""),
+                    listener("v1", listen_v1, "p", "proxy_protocol = \"v1\""),
+                    listener("any", listen_any, "p", "proxy_protocol = \"any\""),
+                ],
+                &[pool("p", &[server], "")],
+            ),
+            (listen_v2, listen_v1, listen_any),
+        )
+    });
 
     // A bystander, relaying before and after the malformed connections.
     let good = proxy_v2("192.0.2.50:5000", "198.51.100.1:443", &[]);
@@ -621,23 +780,87 @@ async fn malformed_proxy_headers_are_refused_and_logged() {
             "v1_no_crlf",
         ),
         (
+            "v1 line of 108 bytes, CRLF included",
+            listen_v1,
+            {
+                let mut h = V1_LONGEST[..105].to_vec();
+                h.extend_from_slice(b"f\r\n");
+                h
+            },
+            false,
+            "v1_no_crlf",
+        ),
+        (
             "v1 bad address",
             listen_v1,
             b"PROXY TCP4 192.0.2.300 198.51.100.1 1000 443\r\n".to_vec(),
             false,
             "v1_bad_field",
         ),
+        (
+            "v2 version nibble 1",
+            listen_v2,
+            v2(0x11, TCP4, &v4_block),
+            false,
+            "bad_version",
+        ),
+        (
+            "v2 command nibble 2",
+            listen_v2,
+            v2(0x22, TCP4, &v4_block),
+            false,
+            "bad_command",
+        ),
+        (
+            "v2 unknown family 0x13",
+            listen_v2,
+            v2(VERSION_PROXY, 0x13, &v4_block),
+            false,
+            "bad_family",
+        ),
+        (
+            "v2 header one byte over 4096",
+            listen_v2,
+            proxy_v2(
+                "192.0.2.1:1000",
+                "198.51.100.1:443",
+                &[tlv(0x04, &[0u8; 4097 - 12 - 3])],
+            ),
+            false,
+            "too_long",
+        ),
+        (
+            "v2 declared length 65535",
+            listen_v2,
+            {
+                let mut h = V2_SIGNATURE.to_vec();
+                h.extend_from_slice(&[VERSION_PROXY, TCP4, 0xFF, 0xFF]);
+                h.extend_from_slice(&v4_block);
+                h
+            },
+            false,
+            "too_long",
+        ),
+        (
+            "neither version, to an \"any\" listener",
+            listen_any,
+            b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
+            false,
+            "not_proxy",
+        ),
+        (
+            "truncated v1, to an \"any\" listener",
+            listen_any,
+            b"PROXY TCP6 2001:db8::1 ".to_vec(),
+            true,
+            "closed",
+        ),
     ];
 
     for (what, listen, bytes, half_close, detail) in &cases {
-        let mut stream = connect(*listen).await;
-        let client = socket_client(&stream);
-        stream.write_all(bytes).await.unwrap();
-        if *half_close {
-            stream.shutdown().await.unwrap();
-        }
-        assert_reset(&mut stream, what).await;
-        let line = log_for(&relay, &client).await;
+        let mark = log_mark(&relay);
+        let (client, _) = expect_reset("127.0.0.1", *listen, bytes, *half_close, what).await;
+        let line = log_since(&relay, mark, &client).await;
         assert_fields(
             &line,
             &[
@@ -676,14 +899,19 @@ async fn malformed_proxy_headers_are_refused_and_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_proxy_header_is_payload() {
     let (server, _, mut received) = recording_server().await;
-    let (listen_v2, listen_any) = (free_addr(), free_addr());
-    let relay = RelayProcess::start(&relay_config(
-        &[
-            listener("v2", listen_v2, "p", "proxy_protocol = \"v2\""),
-            listener("any", listen_any, "p", "proxy_protocol = \"any\""),
-        ],
-        &[pool("p", &[server], "")],
-    ));
+    let (relay, (listen_v2, listen_any)) = start_relay(|| {
+        let (listen_v2, listen_any) = (listen_addr(), listen_addr());
+        (
+            relay_config(
+                &[
+                    listener("v2", listen_v2, "p", "proxy_protocol = \"v2\""),
+                    listener("any", listen_any, "p", "proxy_protocol = \"any\""),
+                ],
+                &[pool("p", &[server], "")],
+            ),
+            (listen_v2, listen_any),
+        )
+    });
 
     let outer = proxy_v2(
         "192.0.2.70:7000",
@@ -695,7 +923,7 @@ async fn second_proxy_header_is_payload() {
         "198.51.100.1:443",
         &[aws_tlv("vpce-0000000000000000e")],
     );
-    let cases: [(&str, SocketAddr, Vec<u8>, Vec<u8>, &str); 3] = [
+    let cases = [
         (
             "v2 then v2",
             listen_v2,
@@ -754,25 +982,28 @@ async fn second_proxy_header_is_payload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_timeout_closes_silent_and_partial_clients() {
     let (server, accepted) = echo_server().await;
-    let (listen_pp, listen_sni) = (free_addr(), free_addr());
     let routes = "route_fallback = \"pool\"\n[[listener.route]]\nserver_names = [\"api.example.com\"]\npool = \"p\"\n";
-    let relay = RelayProcess::start(&relay_config(
-        &[
-            listener(
-                "pp",
-                listen_pp,
-                "p",
-                "proxy_protocol = \"any\"\nhandshake_timeout = \"1s\"",
-            ),
-            listener(
-                "sni",
-                listen_sni,
-                "p",
-                &format!("handshake_timeout = \"1s\"\n{routes}"),
-            ),
-        ],
-        &[pool("p", &[server], "")],
-    ));
+    let (relay, (listen_pp, listen_sni)) = start_relay(|| {
+        let (listen_pp, listen_sni) = (listen_addr(), listen_addr());
+        let config = relay_config(
+            &[
+                listener(
+                    "pp",
+                    listen_pp,
+                    "p",
+                    "proxy_protocol = \"any\"\nhandshake_timeout = \"1s\"",
+                ),
+                listener(
+                    "sni",
+                    listen_sni,
+                    "p",
+                    &format!("handshake_timeout = \"1s\"\n{routes}"),
+                ),
+            ],
+            &[pool("p", &[server], "")],
+        );
+        (config, (listen_pp, listen_sni))
+    });
 
     let half_v2 = proxy_v2("192.0.2.1:1000", "198.51.100.1:443", &[])[..20].to_vec();
     let half_v1 = b"PROXY TCP4 192.0.2.1 ".to_vec();
@@ -789,12 +1020,7 @@ async fn handshake_timeout_closes_silent_and_partial_clients() {
         .into_iter()
         .map(|(what, name, listen, bytes)| {
             tokio::spawn(async move {
-                let started = Instant::now();
-                let mut stream = connect(listen).await;
-                let client = socket_client(&stream);
-                stream.write_all(&bytes).await.unwrap();
-                assert_reset(&mut stream, what).await;
-                let took = started.elapsed();
+                let (client, took) = expect_reset("127.0.0.1", listen, &bytes, false, what).await;
                 assert!(
                     took >= Duration::from_millis(900) && took <= Duration::from_secs(3),
                     "{what}: closed after {took:?}, expected about 1 s"
@@ -805,17 +1031,20 @@ async fn handshake_timeout_closes_silent_and_partial_clients() {
         .collect();
     for task in tasks {
         let (what, name, client) = task.await.unwrap();
-        let line = log_for(&relay, &client).await;
+        // Concurrent connections to the two listeners may share a client port.
+        let line = log_where(&relay, what, |l| {
+            field(l, "client") == Some(client.as_str()) && field(l, "listener") == Some(name)
+        })
+        .await;
         assert_fields(
             &line,
             &[
-                ("listener", Some(name)),
                 ("end", Some("handshake_timeout")),
                 ("detail", None),
                 ("pool", Some("-")),
+                ("server", Some("-")),
             ],
         );
-        assert!(field(&line, "bytes_c2s").is_some(), "{what}: {line}");
     }
     // A well-formed client after them is relayed, and only it reached the server.
     let mut stream = connect(listen_pp).await;
@@ -831,20 +1060,25 @@ async fn handshake_timeout_closes_silent_and_partial_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_and_deny_on_the_socket_peer() {
     let (server, accepted) = echo_server().await;
-    let (listen_allow, listen_deny) = (free_addr(), free_addr());
-    let relay = RelayProcess::start(&relay_config(
-        &[
-            listener("allow", listen_allow, "p", "allow = [\"127.0.0.1/32\"]"),
-            // 127.0.0.2 is in both lists: deny wins.
-            listener(
-                "deny",
-                listen_deny,
-                "p",
-                "allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.2/32\", \"127.0.0.3\"]",
+    let (relay, (listen_allow, listen_deny)) = start_relay(|| {
+        let (listen_allow, listen_deny) = (listen_addr(), listen_addr());
+        (
+            relay_config(
+                &[
+                    listener("allow", listen_allow, "p", "allow = [\"127.0.0.1/32\"]"),
+                    // 127.0.0.2 is in both lists: deny wins.
+                    listener(
+                        "deny",
+                        listen_deny,
+                        "p",
+                        "allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.2/32\", \"127.0.0.3\"]",
+                    ),
+                ],
+                &[pool("p", &[server], "")],
             ),
-        ],
-        &[pool("p", &[server], "")],
-    ));
+            (listen_allow, listen_deny),
+        )
+    });
 
     let cases = [
         (
@@ -880,13 +1114,11 @@ async fn allow_and_deny_on_the_socket_peer() {
     ];
     let mut relayed = 0;
     for (what, listen, from, refused_by) in cases {
-        let mut stream = connect_from(from, listen).await;
-        let client = socket_client(&stream);
         match refused_by {
             Some(rule) => {
-                stream.write_all(b"hello").await.unwrap();
-                assert_reset(&mut stream, what).await;
-                let line = log_for(&relay, &client).await;
+                let mark = log_mark(&relay);
+                let (client, _) = expect_reset(from, listen, b"hello", false, what).await;
+                let line = log_since(&relay, mark, &client).await;
                 assert_fields(
                     &line,
                     &[
@@ -897,10 +1129,13 @@ async fn allow_and_deny_on_the_socket_peer() {
                 );
             }
             None => {
+                let mark = log_mark(&relay);
+                let mut stream = connect_from(from, listen).await;
+                let client = socket_client(&stream);
                 assert_echo(&mut stream, b"hello", what).await;
                 finish(stream, what).await;
                 relayed += 1;
-                let line = log_for(&relay, &client).await;
+                let line = log_since(&relay, mark, &client).await;
                 assert_fields(&line, &[("end", Some("client_closed"))]);
             }
         }
@@ -912,9 +1147,10 @@ async fn allow_and_deny_on_the_socket_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_rules_apply_to_the_proxy_source_and_vpce() {
     let (server, accepted) = echo_server().await;
-    let (listen_vpce, listen_cidr) = (free_addr(), free_addr());
     let allowed_vpce = "vpce-0123456789abcdef0";
-    let relay = RelayProcess::start(&relay_config(
+    let (relay, (listen_vpce, listen_cidr)) = start_relay(|| {
+        let (listen_vpce, listen_cidr) = (listen_addr(), listen_addr());
+        (relay_config(
         &[
             listener(
                 "vpce",
@@ -928,11 +1164,12 @@ async fn allow_rules_apply_to_the_proxy_source_and_vpce() {
                 "cidr",
                 listen_cidr,
                 "p",
-                "proxy_protocol = \"v2\"\nallow = [\"192.0.2.0/24\"]\ndeny = [\"192.0.2.66/32\"]",
+                "proxy_protocol = \"v2\"\nallow = [\"192.0.2.0/24\", \"2001:db8::/32\"]\ndeny = [\"192.0.2.66/32\"]",
             ),
         ],
         &[pool("p", &[server], "")],
-    ));
+    ), (listen_vpce, listen_cidr))
+    });
 
     let cases = [
         (
@@ -992,30 +1229,59 @@ async fn allow_rules_apply_to_the_proxy_source_and_vpce() {
             "192.0.2.66:3003",
             Some("deny"),
         ),
+        (
+            "IPv6 PROXY source inside allow",
+            listen_cidr,
+            proxy_v2("[2001:db8::5]:3004", "[2001:db8::443]:443", &[]),
+            "[2001:db8::5]:3004",
+            None,
+        ),
+        (
+            "IPv6 PROXY source outside allow",
+            listen_cidr,
+            proxy_v2("[2001:db9::5]:3005", "[2001:db8::443]:443", &[]),
+            "[2001:db9::5]:3005",
+            Some("allow"),
+        ),
+        (
+            "IPv4-mapped IPv6 PROXY source, matched as IPv4",
+            listen_cidr,
+            proxy_v2("[::ffff:192.0.2.11]:3006", "[::ffff:198.51.100.1]:443", &[]),
+            "[::ffff:192.0.2.11]:3006",
+            None,
+        ),
+        (
+            "IPv4-mapped IPv6 PROXY source in deny",
+            listen_cidr,
+            proxy_v2("[::ffff:192.0.2.66]:3007", "[::ffff:198.51.100.1]:443", &[]),
+            "[::ffff:192.0.2.66]:3007",
+            Some("deny"),
+        ),
     ];
     let mut relayed = 0;
     for (what, listen, header, client, refused_by) in cases {
-        let mut stream = connect(listen).await;
-        let client = if client.is_empty() {
-            socket_client(&stream)
-        } else {
-            client.to_string()
-        };
-        stream.write_all(&header).await.unwrap();
         match refused_by {
             Some(rule) => {
-                assert_reset(&mut stream, what).await;
-                let line = log_for(&relay, &client).await;
+                let mark = log_mark(&relay);
+                let (socket, _) = expect_reset("127.0.0.1", listen, &header, false, what).await;
+                let client = if client.is_empty() {
+                    socket
+                } else {
+                    client.to_string()
+                };
+                let line = log_since(&relay, mark, &client).await;
                 assert_fields(
                     &line,
                     &[("end", Some("refused_rule")), ("detail", Some(rule))],
                 );
             }
             None => {
+                let mut stream = connect(listen).await;
+                stream.write_all(&header).await.unwrap();
                 assert_echo(&mut stream, b"hello", what).await;
                 finish(stream, what).await;
                 relayed += 1;
-                let line = log_for(&relay, &client).await;
+                let line = log_for(&relay, client).await;
                 assert_fields(&line, &[("end", Some("client_closed"))]);
             }
         }
@@ -1030,20 +1296,24 @@ async fn allow_rules_apply_to_the_proxy_source_and_vpce() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_header_from_a_peer_outside_proxy_protocol_from_is_refused() {
     let (server, accepted) = echo_server().await;
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(
-        listen,
-        &[server],
-        "proxy_protocol = \"v2\"\nproxy_protocol_from = [\"127.0.0.1/32\"]",
-        "",
-    ));
+    let (relay, listen) = start_relay(|| {
+        let listen = listen_addr();
+        (
+            config(
+                listen,
+                &[server],
+                "proxy_protocol = \"v2\"\nproxy_protocol_from = [\"127.0.0.1/32\"]",
+                "",
+            ),
+            listen,
+        )
+    });
     let header = proxy_v2("192.0.2.1:4001", "198.51.100.1:443", &[]);
 
-    let mut outsider = connect_from("127.0.0.3", listen).await;
-    let outsider_addr = socket_client(&outsider);
-    outsider.write_all(&header).await.unwrap();
-    assert_reset(&mut outsider, "peer 127.0.0.3").await;
-    let line = log_for(&relay, &outsider_addr).await;
+    let mark = log_mark(&relay);
+    let (outsider_addr, _) =
+        expect_reset("127.0.0.3", listen, &header, false, "peer 127.0.0.3").await;
+    let line = log_since(&relay, mark, &outsider_addr).await;
     assert_fields(
         &line,
         &[
@@ -1064,13 +1334,18 @@ async fn proxy_header_from_a_peer_outside_proxy_protocol_from_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_vpce_limit() {
     let (server, _) = echo_server().await;
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(
-        listen,
-        &[server],
-        "proxy_protocol = \"v2\"\nmax_connections_per_vpce = 2",
-        "",
-    ));
+    let (relay, listen) = start_relay(|| {
+        let listen = listen_addr();
+        (
+            config(
+                listen,
+                &[server],
+                "proxy_protocol = \"v2\"\nmax_connections_per_vpce = 2",
+                "",
+            ),
+            listen,
+        )
+    });
     let (a, b) = ("vpce-0aaaaaaaaaaaaaaa1", "vpce-0bbbbbbbbbbbbbbb2");
     // Distinct PROXY sources, so nothing but the VPC endpoint ties them together.
     let header = |port: u16, vpce: &str| {
@@ -1107,31 +1382,42 @@ async fn per_vpce_limit() {
     // Closing one on A frees a slot once the relay has seen the close.
     finish(first, "1st on A").await;
     let again = relayed_eventually(listen, None, &header(5005, a)).await;
-    let line = log_for(&relay, "192.0.2.5:5005").await;
-    assert_fields(&line, &[("vpce", Some(a)), ("end", Some("client_closed"))]);
 
     for stream in [second, other, again] {
         finish(stream, "held").await;
     }
+    // Earlier attempts with this source may have been refused before the relay saw the close.
+    let line = log_where(&relay, "relayed 192.0.2.5:5005", |l| {
+        field(l, "client") == Some("192.0.2.5:5005") && field(l, "end") == Some("client_closed")
+    })
+    .await;
+    assert_fields(&line, &[("vpce", Some(a))]);
+    let line = log_for(&relay, "192.0.2.4:5004").await;
+    assert_fields(&line, &[("vpce", Some(b)), ("end", Some("client_closed"))]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_source_limit() {
     let (server, _) = echo_server().await;
-    let (listen, listen_pp) = (free_addr(), free_addr());
-    let relay = RelayProcess::start(&relay_config(
-        &[
-            listener("plain", listen, "p", "max_connections_per_source = 2"),
-            // Behind a PROXY header, the limit is on the header's source, not the socket peer.
-            listener(
-                "pp",
-                listen_pp,
-                "p",
-                "proxy_protocol = \"v2\"\nmax_connections_per_source = 2",
+    let (relay, (listen, listen_pp)) = start_relay(|| {
+        let (listen, listen_pp) = (listen_addr(), listen_addr());
+        (
+            relay_config(
+                &[
+                    listener("plain", listen, "p", "max_connections_per_source = 2"),
+                    // Behind a PROXY header, the limit is on the header's source, not the socket peer.
+                    listener(
+                        "pp",
+                        listen_pp,
+                        "p",
+                        "proxy_protocol = \"v2\"\nmax_connections_per_source = 2",
+                    ),
+                ],
+                &[pool("p", &[server], "")],
             ),
-        ],
-        &[pool("p", &[server], "")],
-    ));
+            (listen, listen_pp),
+        )
+    });
 
     let first = try_relayed(listen, Some("127.0.0.1"), b"")
         .await
@@ -1139,11 +1425,10 @@ async fn per_source_limit() {
     let second = try_relayed(listen, Some("127.0.0.1"), b"")
         .await
         .expect("2nd");
-    let mut third = connect_from("127.0.0.1", listen).await;
-    let third_client = socket_client(&third);
-    third.write_all(b"probe").await.unwrap();
-    assert_reset(&mut third, "3rd from 127.0.0.1").await;
-    let line = log_for(&relay, &third_client).await;
+    let mark = log_mark(&relay);
+    let (third_client, _) =
+        expect_reset("127.0.0.1", listen, b"probe", false, "3rd from 127.0.0.1").await;
+    let line = log_since(&relay, mark, &third_client).await;
     assert_fields(
         &line,
         &[
@@ -1217,6 +1502,8 @@ struct SniSetup {
     relay: RelayProcess,
     listen: SocketAddr,
     listen_strict: SocketAddr,
+    /// Expects a PROXY v2 header, then routes on the ClientHello after it.
+    listen_pp: SocketAddr,
     default: (Accepted, mpsc::UnboundedReceiver<Received>),
     other: (Accepted, mpsc::UnboundedReceiver<Received>),
 }
@@ -1224,31 +1511,43 @@ struct SniSetup {
 async fn sni_setup() -> SniSetup {
     let (default_addr, default_accepted, default_rx) = recording_server().await;
     let (other_addr, other_accepted, other_rx) = recording_server().await;
-    let (listen, listen_strict) = (free_addr(), free_addr());
-    let relay = RelayProcess::start(&relay_config(
-        &[
-            listener(
-                "sni",
-                listen,
-                "default",
-                &format!("route_fallback = \"pool\"\n{ROUTES}"),
+    let (relay, (listen, listen_strict, listen_pp)) = start_relay(|| {
+        let (listen, listen_strict, listen_pp) = (listen_addr(), listen_addr(), listen_addr());
+        (
+            relay_config(
+                &[
+                    listener(
+                        "pp",
+                        listen_pp,
+                        "default",
+                        &format!("proxy_protocol = \"v2\"\n{ROUTES}"),
+                    ),
+                    listener(
+                        "sni",
+                        listen,
+                        "default",
+                        &format!("route_fallback = \"pool\"\n{ROUTES}"),
+                    ),
+                    listener(
+                        "strict",
+                        listen_strict,
+                        "default",
+                        &format!("route_fallback = \"refuse\"\n{ROUTES}"),
+                    ),
+                ],
+                &[
+                    pool("default", &[default_addr], ""),
+                    pool("other", &[other_addr], ""),
+                ],
             ),
-            listener(
-                "strict",
-                listen_strict,
-                "default",
-                &format!("route_fallback = \"refuse\"\n{ROUTES}"),
-            ),
-        ],
-        &[
-            pool("default", &[default_addr], ""),
-            pool("other", &[other_addr], ""),
-        ],
-    ));
+            (listen, listen_strict, listen_pp),
+        )
+    });
     SniSetup {
         relay,
         listen,
         listen_strict,
+        listen_pp,
         default: (default_accepted, default_rx),
         other: (other_accepted, other_rx),
     }
@@ -1266,6 +1565,7 @@ impl SniSetup {
         expected_pool: &str,
         expected_sni: &str,
     ) {
+        let mark = log_mark(&self.relay);
         let mut stream = connect(listen).await;
         let client = socket_client(&stream);
         let mut start = 0;
@@ -1292,7 +1592,7 @@ impl SniSetup {
             "{what}: length at the server"
         );
         assert!(got.1.bytes == bytes, "{what}: bytes differ at the server");
-        let line = log_for(&self.relay, &client).await;
+        let line = log_since(&self.relay, mark, &client).await;
         assert_fields(
             &line,
             &[
@@ -1399,6 +1699,97 @@ async fn sni_client_hello_in_several_segments_still_routes() {
             "www.example.com",
         )
         .await;
+    // One ClientHello carried in two TLS records (valid TLS, if rare), each its own segment.
+    let hello = two_records(&client_hello("w.apps.example.com"), 30);
+    setup
+        .route(
+            "two TLS records",
+            listen,
+            &hello,
+            &[5 + 30 + 2],
+            "other",
+            "w.apps.example.com",
+        )
+        .await;
+}
+
+/// Re-frames a ClientHello sent in one TLS record as two records, the first carrying `first`
+/// bytes of the handshake message.
+fn two_records(record: &[u8], first: usize) -> Vec<u8> {
+    let (header, message) = record.split_at(5);
+    assert_eq!(
+        message.len(),
+        usize::from(u16::from_be_bytes([header[3], header[4]]))
+    );
+    let mut out = Vec::new();
+    for part in [&message[..first], &message[first..]] {
+        out.extend_from_slice(&header[..3]);
+        out.extend_from_slice(&u16::try_from(part.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// A PROXY header, then the ClientHello: the header is consumed, the ClientHello routed on and
+/// passed on byte for byte, whether both come in one write or in pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_routing_after_a_proxy_header() {
+    let mut setup = sni_setup().await;
+    let vpce = "vpce-0123456789abcdef0";
+    for (what, port, name, splits, expected_pool) in [
+        ("one write", 7101u16, "api.example.com", vec![], "other"),
+        (
+            "one write, no match",
+            7102,
+            "www.example.com",
+            vec![],
+            "default",
+        ),
+        (
+            "header, then a split ClientHello",
+            7103,
+            "z.apps.example.com",
+            vec![1, 40],
+            "other",
+        ),
+    ] {
+        let client = format!("192.0.2.80:{port}");
+        let header = proxy_v2(&client, "198.51.100.1:443", &[aws_tlv(vpce)]);
+        let hello = client_hello(name);
+        let bytes = [&header[..], &hello].concat();
+        let mut stream = connect(setup.listen_pp).await;
+        let mut start = 0;
+        for at in splits.iter().map(|s| s + header.len()).chain([bytes.len()]) {
+            stream.write_all(&bytes[start..at]).await.unwrap();
+            if at != bytes.len() {
+                // A stimulus, not synchronisation: separate segments.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            start = at;
+        }
+        finish(stream, what).await;
+        let got = tokio::select! {
+            got = setup.default.1.recv() => ("default", got.unwrap()),
+            got = setup.other.1.recv() => ("other", got.unwrap()),
+            _ = tokio::time::sleep(IO_LIMIT) => panic!("{what}: no server received it"),
+        };
+        assert_eq!(got.0, expected_pool, "{what}: routed to the wrong pool");
+        assert!(
+            got.1.bytes == hello,
+            "{what}: the server must get the ClientHello alone, intact"
+        );
+        let line = log_for(&setup.relay, &client).await;
+        assert_fields(
+            &line,
+            &[
+                ("vpce", Some(vpce)),
+                ("sni", Some(name)),
+                ("pool", Some(expected_pool)),
+                ("end", Some("client_closed")),
+                ("bytes_c2s", Some(&hello.len().to_string())),
+            ],
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1415,11 +1806,9 @@ async fn route_fallback_refuse() {
         ("no SNI", client_hello("192.0.2.1"), "-"),
         ("not TLS", b"GET / HTTP/1.1\r\n\r\n".to_vec(), "-"),
     ] {
-        let mut stream = connect(strict).await;
-        let client = socket_client(&stream);
-        stream.write_all(&bytes).await.unwrap();
-        assert_reset(&mut stream, what).await;
-        let line = log_for(&setup.relay, &client).await;
+        let mark = log_mark(&setup.relay);
+        let (client, _) = expect_reset("127.0.0.1", strict, &bytes, false, what).await;
+        let line = log_since(&setup.relay, mark, &client).await;
         assert_fields(
             &line,
             &[
@@ -1451,14 +1840,26 @@ async fn route_fallback_refuse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v2_is_byte_exact() {
     let (server, _, mut received) = recording_server().await;
-    let (listen_plain, listen_pp) = (free_addr(), free_addr());
-    let _relay = RelayProcess::start(&relay_config(
+    let (_relay, (listen_plain, listen_pp, listen_sni)) = start_relay(|| {
+        let (listen_plain, listen_pp, listen_sni) = (listen_addr(), listen_addr(), listen_addr());
+        (relay_config(
         &[
             listener("plain", listen_plain, "p", ""),
             listener("pp", listen_pp, "p", "proxy_protocol = \"v2\""),
+            // Routes by SNI after the PROXY header: the pool "p2" sends the same header kind.
+            listener(
+                "sni",
+                listen_sni,
+                "p",
+                "proxy_protocol = \"v2\"\n[[listener.route]]\nserver_names = [\"api.example.com\"]\npool = \"p2\"\n",
+            ),
         ],
-        &[pool("p", &[server], "send_proxy = \"v2\"")],
-    ));
+        &[
+            pool("p", &[server], "send_proxy = \"v2\""),
+            pool("p2", &[server], "send_proxy = \"v2\""),
+        ],
+    ), (listen_plain, listen_pp, listen_sni))
+    });
     let payload = b"the request, after the header".to_vec();
 
     // No PROXY header in: source = the client's socket, destination = the listener.
@@ -1473,8 +1874,8 @@ async fn send_proxy_v2_is_byte_exact() {
         0x11, // TCP over IPv4
         0x00, 0x0C, // 12 bytes of addresses, no TLV
         127, 0, 0, 2, // source: the client
-        127, 0, 0, 1, // destination: the listener
     ];
+    expected.extend_from_slice(&octets(listen_plain)); // destination: the listener
     expected.extend_from_slice(&client_port.to_be_bytes());
     expected.extend_from_slice(&listen_plain.port().to_be_bytes());
     expected.extend_from_slice(&payload);
@@ -1544,24 +1945,52 @@ async fn send_proxy_v2_is_byte_exact() {
     finish(stream, "LOCAL").await;
     let got = next_received(&mut received, "LOCAL").await;
     let mut expected = V2_SIGNATURE.to_vec();
-    expected.extend_from_slice(&[0x21, 0x11, 0x00, 12, 127, 0, 0, 1, 127, 0, 0, 1]);
+    expected.extend_from_slice(&[0x21, 0x11, 0x00, 12, 127, 0, 0, 1]);
+    expected.extend_from_slice(&octets(listen_pp));
     expected.extend_from_slice(&client_port.to_be_bytes());
     expected.extend_from_slice(&listen_pp.port().to_be_bytes());
     expected.extend_from_slice(&payload);
     assert_eq!(got.bytes, expected, "LOCAL client: header + payload");
+
+    // SNI routing after a PROXY header: the relay's header, then the ClientHello it peeked at.
+    let hello = client_hello("api.example.com");
+    let header_in = proxy_v2("192.0.2.33:43000", "198.51.100.1:443", &[aws_tlv(vpce)]);
+    let mut stream = connect(listen_sni).await;
+    stream
+        .write_all(&[&header_in[..], &hello].concat())
+        .await
+        .unwrap();
+    finish(stream, "routed").await;
+    let got = next_received(&mut received, "routed").await;
+    let mut expected = V2_SIGNATURE.to_vec();
+    expected.extend_from_slice(&[0x21, 0x11, 0x00, 38, 192, 0, 2, 33, 198, 51, 100, 1]);
+    expected.extend_from_slice(&43000u16.to_be_bytes());
+    expected.extend_from_slice(&443u16.to_be_bytes());
+    expected.extend_from_slice(&[0xEA, 0x00, 23, 0x01]);
+    expected.extend_from_slice(vpce.as_bytes());
+    expected.extend_from_slice(&hello);
+    assert!(
+        got.bytes == expected,
+        "routed client: header + ClientHello differ"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v1_is_byte_exact() {
     let (server, _, mut received) = recording_server().await;
-    let (listen_plain, listen_pp) = (free_addr(), free_addr());
-    let _relay = RelayProcess::start(&relay_config(
-        &[
-            listener("plain", listen_plain, "p", ""),
-            listener("pp", listen_pp, "p", "proxy_protocol = \"v2\""),
-        ],
-        &[pool("p", &[server], "send_proxy = \"v1\"")],
-    ));
+    let (_relay, (listen_plain, listen_pp)) = start_relay(|| {
+        let (listen_plain, listen_pp) = (listen_addr(), listen_addr());
+        (
+            relay_config(
+                &[
+                    listener("plain", listen_plain, "p", ""),
+                    listener("pp", listen_pp, "p", "proxy_protocol = \"v2\""),
+                ],
+                &[pool("p", &[server], "send_proxy = \"v1\"")],
+            ),
+            (listen_plain, listen_pp),
+        )
+    });
     let payload = b"the request, after the header".to_vec();
 
     let mut stream = connect_from("127.0.0.2", listen_plain).await;
@@ -1571,7 +2000,8 @@ async fn send_proxy_v1_is_byte_exact() {
     let got = next_received(&mut received, "plain").await;
     let expected = [
         format!(
-            "PROXY TCP4 127.0.0.2 127.0.0.1 {client_port} {}\r\n",
+            "PROXY TCP4 127.0.0.2 {} {client_port} {}\r\n",
+            listen_plain.ip(),
             listen_plain.port()
         )
         .as_bytes(),
@@ -1622,22 +2052,28 @@ async fn send_proxy_v1_is_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_source_address_binds_upstream_connections() {
     let (server, _, mut received) = recording_server().await;
-    let (listen_bound, listen_default) = (free_addr(), free_addr());
-    let relay = RelayProcess::start(&relay_config(
-        &[
-            listener("bound", listen_bound, "bound", ""),
-            listener("default", listen_default, "default", ""),
-        ],
-        &[
-            pool("bound", &[server], "source = \"127.0.0.2\""),
-            pool("default", &[server], ""),
-        ],
-    ));
+    let (relay, (listen_bound, listen_default)) = start_relay(|| {
+        let (listen_bound, listen_default) = (listen_addr(), listen_addr());
+        (
+            relay_config(
+                &[
+                    listener("bound", listen_bound, "bound", ""),
+                    listener("default", listen_default, "default", ""),
+                ],
+                &[
+                    pool("bound", &[server], "source = \"127.0.0.2\""),
+                    pool("default", &[server], ""),
+                ],
+            ),
+            (listen_bound, listen_default),
+        )
+    });
     for (what, listen, expected_ip) in [
         ("source = 127.0.0.2", listen_bound, "127.0.0.2"),
         ("no source", listen_default, "127.0.0.1"),
         ("source = 127.0.0.2, again", listen_bound, "127.0.0.2"),
     ] {
+        let mark = log_mark(&relay);
         let mut stream = connect(listen).await;
         let client = socket_client(&stream);
         stream.write_all(what.as_bytes()).await.unwrap();
@@ -1649,7 +2085,7 @@ async fn pool_source_address_binds_upstream_connections() {
             "{what}: upstream peer"
         );
         assert_eq!(got.bytes, what.as_bytes(), "{what}: payload");
-        let line = log_for(&relay, &client).await;
+        let line = log_since(&relay, mark, &client).await;
         assert_fields(&line, &[("end", Some("client_closed"))]);
     }
 }

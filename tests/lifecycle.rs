@@ -76,7 +76,7 @@ async fn drain_under_load() {
     let (listen, admin) = (free_addr(), free_addr());
     let config = config(listen, &[server], "", "").replace(
         "[admin]\nlisten = \"off\"",
-        &format!("[drain]\nannounce = \"2s\"\ndeadline = \"4s\"\nclose_spread = \"1s\"\n\n[admin]\nlisten = \"{admin}\""),
+        &format!("[drain]\nannounce = \"2s\"\ndeadline = \"10s\"\nclose_spread = \"1s\"\n\n[admin]\nlisten = \"{admin}\""),
     );
     let mut relay = RelayProcess::start(&config);
     assert_eq!(http_status(admin, "/readyz").await, Some(200));
@@ -139,14 +139,15 @@ async fn drain_under_load() {
             "a transfer in flight did not complete byte-exact"
         );
     }
-    // The straggler is closed after the deadline (4 s after the listener closed), within the spread.
+    // The straggler is closed after the deadline (10 s after the listener closed), within the
+    // spread. The deadline is generous so that the transfers finish first even on a busy machine.
     let mut rest = Vec::new();
     let closed =
-        tokio::time::timeout(Duration::from_secs(10), straggler.read_to_end(&mut rest)).await;
+        tokio::time::timeout(Duration::from_secs(16), straggler.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "straggler not closed");
     let at = term_at.elapsed();
     assert!(
-        at >= Duration::from_secs(6) && at < Duration::from_secs(9),
+        at >= Duration::from_secs(12) && at < Duration::from_secs(15),
         "straggler closed at {at:?}"
     );
     assert_eq!(

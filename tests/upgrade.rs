@@ -44,7 +44,7 @@ wait_ready "$dir/old.err"
   --json "$dir/rate.json" --quiet > /dev/null 2>&1 &
 load=$!
 sleep 1
-"$RELAY" run --config "$dir/relay.toml" > /dev/null 2> "$dir/new.err" &
+"$RELAY" run --takeover --config "$dir/relay.toml" > /dev/null 2> "$dir/new.err" &
 new=$!
 wait_ready "$dir/new.err"
 kill -TERM "$old"

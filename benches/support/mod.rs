@@ -1,0 +1,189 @@
+//! Shared plumbing for the benchmarks: child processes pinned to a CPU, l4relay and HAProxy
+//! configs, running the bench tool and reading its JSON, medians.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
+pub const BENCH: &str = env!("CARGO_BIN_EXE_l4relay-bench");
+
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// True when run by `cargo bench` (`cargo test --benches` runs bench binaries without it).
+pub fn benchmarking() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Where results go: target/bench/.
+pub fn out_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn work_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("l4relay-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A child process killed (by its own pid) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn pinned(cpu: u32, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", &cpu.to_string(), program]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+/// The bench tool's upstream server on CPU 1.
+pub fn upstream(mode: &str) -> (Proc, u16) {
+    let port = free_port();
+    let child = pinned(1, BENCH)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mode",
+            mode,
+        ])
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+/// l4relay on CPU 0, one worker, in front of `upstream`; `extra_global` goes into [global],
+/// `extra_admin` into [admin].
+pub fn l4relay(upstream: u16, dir: &Path, extra_global: &str, extra_admin: &str) -> (Proc, u16) {
+    let port = free_port();
+    let config = dir.join(format!("l4relay-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\nworkers = 1\nlog_format = \"off\"\n{extra_global}\n[admin]\nlisten = \"off\"\n{extra_admin}\n\
+             [[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\nbacklog = 4096\n\
+             [[pool]]\nname = \"p\"\n  [[pool.server]]\n  address = \"127.0.0.1:{upstream}\"\n"
+        ),
+    )
+    .unwrap();
+    let child = pinned(0, RELAY)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+pub fn haproxy_installed() -> bool {
+    Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// HAProxy 2.x in tcp mode on CPU 0, one thread, optionally with splice forced both ways.
+pub fn haproxy(upstream: u16, dir: &Path, splice: bool) -> (Proc, u16) {
+    let port = free_port();
+    let config = dir.join(format!("haproxy-{port}.cfg"));
+    let splice_opts = if splice {
+        "    option splice-request\n    option splice-response\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "global\n    nbthread 1\n    maxconn 100000\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 60s\n    timeout server 60s\n\
+             listen bench\n    bind 127.0.0.1:{port}\n    backlog 4096\n{splice_opts}    server s1 127.0.0.1:{upstream}\n"
+        ),
+    )
+    .unwrap();
+    let child = pinned(0, "haproxy")
+        .args(["-db", "-f"])
+        .arg(&config)
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+/// Runs `l4relay-bench MODE ARGS... --json -` on CPU 1 against `port`, measuring `pid`.
+pub fn bench_tool(
+    mode: &str,
+    port: u16,
+    pid: Option<u32>,
+    args: &[&str],
+) -> Option<serde_json::Value> {
+    let mut load = pinned(1, BENCH);
+    load.args([
+        mode,
+        "--quiet",
+        "--json",
+        "-",
+        "--target",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args(args);
+    if let Some(pid) = pid {
+        load.args(["--pid", &pid.to_string()]);
+    }
+    let out = load.stdout(Stdio::piped()).output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn spread(values: &[f64]) -> (f64, f64) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
