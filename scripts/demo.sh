@@ -47,6 +47,11 @@ say "3 seconds of bulk traffic both ways, 4 connections"
 "$bin/l4relay-bench" throughput --target 127.0.0.1:8443 --streams 4 --direction both \
   --duration 3s --warmup 500ms --pid "$relay" --quiet
 
+# The relay logs each connection as it closes: give it a moment (bounded) to log all five.
+for _ in $(seq 50); do
+  [ "$(wc -l < "$work/access.log")" -ge 5 ] && break
+  sleep 0.1
+done
 say "access log (one line per connection)"
 tail -n 6 "$work/access.log"
 

@@ -143,3 +143,56 @@ async fn out_of_file_descriptors_pauses_then_recovers() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_limit_refuses_on_that_listener_only() {
+    let (server, _) = echo_server().await;
+    let (limited, other) = (free_addr(), free_addr());
+    let text = format!(
+        "[admin]\nlisten = \"off\"\n\n\
+         [[listener]]\nname = \"limited\"\nlisten = \"{limited}\"\npool = \"p\"\nmax_connections = 5\n\n\
+         [[listener]]\nname = \"other\"\nlisten = \"{other}\"\npool = \"p\"\n\n\
+         [[pool]]\nname = \"p\"\n  [[pool.server]]\n  address = \"{server}\"\n"
+    );
+    let relay = RelayProcess::start(&text);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(
+            relayed(limited, Duration::from_secs(5))
+                .await
+                .expect("under the listener's limit"),
+        );
+    }
+    assert!(
+        relayed(limited, Duration::from_secs(5)).await.is_none(),
+        "sixth connection on the limited listener"
+    );
+    for _ in 0..10 {
+        held.push(
+            relayed(other, Duration::from_secs(5))
+                .await
+                .expect("the other listener is not limited"),
+        );
+    }
+    let lines = relay.wait_for_log_lines(1, Duration::from_secs(5)).await;
+    assert!(
+        lines[0].contains("listener=limited")
+            && lines[0].contains("end=refused_limit detail=listener"),
+        "{}",
+        lines[0]
+    );
+    held.truncate(4);
+    assert!(
+        eventually(Duration::from_secs(5), || relay
+            .access_log()
+            .lines()
+            .count()
+            >= 12)
+        .await,
+        "closes not logged"
+    );
+    assert!(
+        relayed(limited, Duration::from_secs(5)).await.is_some(),
+        "a slot freed on the limited listener"
+    );
+}
