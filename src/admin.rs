@@ -1,4 +1,6 @@
-//! The admin HTTP listener: /metrics, /healthz, /readyz, /status.
+//! The admin HTTP listener: /metrics, /healthz, /readyz, /status, and the POST endpoints that
+//! set a server draining or ready (`/pools/{pool}/servers/{server}/drain|ready`), which need
+//! `Authorization: Bearer <token>` when `[admin] token` is set.
 //!
 //! A deliberately small HTTP/1.1 server: one request per connection, a bounded request head, a
 //! timeout, `Connection: close`. Each request may be preceded by a PROXY protocol header (v1 or
@@ -30,6 +32,8 @@ pub struct Admin {
     pub shared: Arc<Shared>,
     pub prometheus: Option<PrometheusHandle>,
     pub workers: Vec<Handle>,
+    /// Required by POST requests when set.
+    pub token: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -99,6 +103,8 @@ async fn handle(mut stream: TcpStream, admin: &Admin, scope: Scope) {
 struct Request {
     method: String,
     path: String,
+    /// The `Authorization` header's value.
+    authorization: Option<String>,
 }
 
 enum Head {
@@ -127,13 +133,21 @@ fn request_head(buf: &[u8]) -> Head {
     let Ok(head) = std::str::from_utf8(&rest[..end]) else {
         return Head::Bad;
     };
-    let mut parts = head.lines().next().unwrap_or("").split(' ');
+    let mut lines = head.lines();
+    let mut parts = lines.next().unwrap_or("").split(' ');
+    let authorization = lines.find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then(|| value.trim().to_string())
+    });
     match (parts.next(), parts.next(), parts.next()) {
         (Some(method), Some(target), Some(version)) if version.starts_with("HTTP/1.") => {
             let path = target.split('?').next().unwrap_or(target);
             Head::Complete(Request {
                 method: method.to_string(),
                 path: path.to_string(),
+                authorization,
             })
         }
         _ => Head::Bad,
@@ -163,8 +177,92 @@ async fn route(request: &Request, admin: &Admin, scope: Scope) -> Response {
         },
         (_, "/healthz" | "/readyz") => Response::text(405, "method not allowed\n"),
         (_, "/metrics" | "/status") if full => Response::text(405, "method not allowed\n"),
+        (method, path) if full && path.starts_with("/pools/") => {
+            server_control(method, path, request.authorization.as_deref(), admin)
+        }
         _ => Response::text(404, "not found\n"),
     }
+}
+
+/// `POST /pools/{pool}/servers/{server}/drain` and `.../ready`: every address of the server
+/// stops taking new connections (open ones finish) or takes them again. Names are the config's,
+/// percent-encoded where needed.
+fn server_control(
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    admin: &Admin,
+) -> Response {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let [_, pool, "servers", server, action @ ("drain" | "ready")] = parts.as_slice() else {
+        return Response::text(404, "not found\n");
+    };
+    if method != "POST" {
+        return Response::text(405, "method not allowed: use POST\n");
+    }
+    if let Some(token) = &admin.token {
+        let sent = authorization.and_then(|a| a.strip_prefix("Bearer "));
+        if !sent.is_some_and(|sent| same_secret(sent.trim().as_bytes(), token.as_bytes())) {
+            return Response::text(401, "unauthorized: send Authorization: Bearer <token>\n");
+        }
+    }
+    let (Some(pool_name), Some(server_name)) = (percent_decode(pool), percent_decode(server))
+    else {
+        return Response::text(400, "bad request: invalid percent-encoding\n");
+    };
+    let listeners = admin.shared.listeners.load();
+    let found = listeners.first().and_then(|slot| {
+        let settings = slot.settings.load();
+        settings
+            .pools
+            .iter()
+            .find(|p| *p.name == *pool_name)
+            .cloned()
+    });
+    let Some(pool) = found else {
+        return Response::text(404, format!("no pool named \"{pool_name}\"\n"));
+    };
+    let draining = *action == "drain";
+    match pool.set_draining(&server_name, draining) {
+        None => Response::text(
+            404,
+            format!("pool \"{pool_name}\" has no server named \"{server_name}\"\n"),
+        ),
+        Some(changed) => Response {
+            status: 200,
+            content_type: "application/json",
+            body: serde_json::json!({
+                "pool": pool_name,
+                "server": server_name,
+                "state": if draining { "draining" } else { "ready" },
+                "addresses_changed": changed,
+            })
+            .to_string()
+                + "\n",
+        },
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal a prefix.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Ready: not draining, and every listener's default pool has a server that may take a
@@ -267,6 +365,7 @@ async fn respond(stream: &mut TcpStream, response: Response) {
     let reason = match response.status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         503 => "Service Unavailable",
@@ -330,5 +429,24 @@ mod tests {
             Head::Incomplete
         ));
         assert!(matches!(request_head(b"NONSENSE\r\n\r\n"), Head::Bad));
+    }
+
+    #[test]
+    fn authorization_header_and_percent_decoding() {
+        let Head::Complete(r) = request_head(
+            b"POST /pools/p/servers/a/drain HTTP/1.1\r\nHost: x\r\nauthorization:  Bearer abc \r\n\r\n",
+        ) else {
+            panic!("incomplete");
+        };
+        assert_eq!(r.authorization.as_deref(), Some("Bearer abc"));
+        assert_eq!(
+            percent_decode("127.0.0.1%3A9000").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(percent_decode("a%2"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
     }
 }

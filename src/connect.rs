@@ -1,5 +1,6 @@
 //! Connecting to an upstream server: choose one from the pool, connect within the pool's
-//! timeout, and on failure retry on another server (`retries` times).
+//! timeout, and on failure retry on another server (`retries` times). Every attempt's result
+//! goes to the pool's passive detection, which takes a server that keeps failing down.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::pool::{Pool, ServerLease};
+use crate::pool::{Pool, ServerId, ServerLease};
 use crate::sockopt;
 
 /// An established upstream connection and the server slot it holds.
@@ -56,19 +57,26 @@ pub enum ConnectError {
 /// Connects to a server of `pool` for `client`, counting every attempt in the server's and
 /// pool's metrics.
 pub async fn connect(pool: &Pool, client: IpAddr) -> Result<Upstream, ConnectError> {
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried: Vec<ServerId> = Vec::new();
     let mut last: Option<(AttemptResult, SocketAddr)> = None;
     for attempt in 1..=pool.retries + 1 {
-        let Some((index, lease)) = pool.pick(client, &tried) else {
+        // Only the first pick waits for first health checks; a retry takes what there is.
+        let lease = if attempt == 1 {
+            pool.pick_or_wait(client, &tried).await
+        } else {
+            pool.pick(client, &tried)
+        };
+        let Some(lease) = lease else {
             break;
         };
         let addr = lease.server().addr;
         let started = Instant::now();
-        let result = tokio::time::timeout(pool.connect_timeout, connect_one(addr, pool)).await;
+        let result = tokio::time::timeout(pool.connect_timeout, open(addr, pool)).await;
         let elapsed = started.elapsed();
         let outcome = match result {
             Ok(Ok(stream)) => {
                 lease.server().metrics.count_attempt(AttemptResult::Ok);
+                pool.record_connect(lease.server(), AttemptResult::Ok);
                 pool.metrics.connect_time.record(elapsed.as_secs_f64());
                 return Ok(Upstream {
                     stream,
@@ -85,10 +93,11 @@ pub async fn connect(pool: &Pool, client: IpAddr) -> Result<Upstream, ConnectErr
             Err(_) => AttemptResult::Timeout,
         };
         lease.server().metrics.count_attempt(outcome);
+        pool.record_connect(lease.server(), outcome);
         if attempt <= pool.retries {
             pool.metrics.retries.increment(1);
         }
-        tried.push(index);
+        tried.push(lease.server().id);
         last = Some((outcome, addr));
     }
     match last {
@@ -101,7 +110,9 @@ pub async fn connect(pool: &Pool, client: IpAddr) -> Result<Upstream, ConnectErr
     }
 }
 
-async fn connect_one(addr: SocketAddr, pool: &Pool) -> io::Result<TcpStream> {
+/// Opens a connection to `addr` as the pool's connections are opened (keepalive, source
+/// address); health checks use it too, so they test the path traffic takes.
+pub(crate) async fn open(addr: SocketAddr, pool: &Pool) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
     sockopt::configure_stream(&SockRef::from(&socket), &pool.keepalive)?;

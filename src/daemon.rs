@@ -236,6 +236,7 @@ impl Daemon {
             shared: Arc::clone(&self.shared),
             prometheus,
             workers: self.workers.iter().map(|w| w.handle.clone()).collect(),
+            token: self.config.admin.token.clone(),
         });
         let listeners = [
             (self.config.admin.listen, admin::Scope::Full, "admin"),
@@ -420,10 +421,16 @@ impl Daemon {
     /// Makes `config` the running one: new pools, listener settings swapped in place, new
     /// addresses bound, removed ones closed. Binds first, so a failure changes nothing.
     fn apply(&mut self, config: &Config) -> Result<(), String> {
+        // Pools of this generation; each takes over the server states and DNS answers of its
+        // predecessor of the same name. Their checks and DNS refresh start once the new config
+        // is certain to be applied (below).
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|p| Arc::new(Pool::build(p)))
+            .map(|p| {
+                let previous = self.pools.iter().find(|old| *old.name == p.name);
+                Arc::new(Pool::build(p, previous.map(|old| &**old)))
+            })
             .collect();
         let settings_for = |l: &ListenerConfig| ListenerSettings {
             name: Arc::from(l.name.as_str()),
@@ -503,6 +510,14 @@ impl Daemon {
             metrics::gauge!(telemetry::CONNECTIONS_LIMIT, "listener" => slot.settings.load().name.to_string()).set(limit as f64);
         }
         self.shared.drain.store(Arc::new(config.drain.clone()));
+        // Background work: the old generation's checks and DNS refreshers end, the new one's
+        // start (on this, the control thread).
+        for old in &self.pools {
+            old.stop();
+        }
+        for pool in &pools {
+            pool.start();
+        }
         self.pools = pools;
         Ok(())
     }

@@ -10,20 +10,24 @@
 //!
 //! `session` walks a connection through those stages top to bottom. Around it: `config` (load,
 //! validate, `check`), `daemon` (workers, signals, drain, reload), `limits`, `notify` (systemd)
-//! and `sockopt`.
+//! and `sockopt`; in the background, per pool, `health` (active checks) and `dns` (re-resolution
+//! by TTL) keep the pool's servers and their states current.
 
 pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod connect;
 pub mod daemon;
+pub mod dns;
 pub mod handshake;
+pub mod health;
 pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod pool;
 pub mod proxy_protocol;
+pub mod quiet;
 pub mod relay;
 pub mod route;
 pub mod session;

@@ -24,8 +24,9 @@ use crate::daemon::{Phase, Shared};
 use crate::handshake::{self, ClientIdentity, HandshakeError, Hello};
 use crate::limits::{ClientLimits, Permit};
 use crate::listener::ListenerSettings;
-use crate::pool::Pool;
+use crate::pool::{Pool, Server};
 use crate::proxy_protocol::{self, Accept};
+use crate::quiet::Quiet;
 use crate::relay::{Ended, Relay, Side};
 use crate::sockopt;
 use crate::telemetry;
@@ -52,6 +53,8 @@ pub enum End {
     HandshakeTimeout,
     NoServer,
     ConnectFailed,
+    /// Closed by the relay: its server went down (`on_down = "close"`) or left DNS.
+    ServerDown,
 }
 
 impl End {
@@ -71,6 +74,7 @@ impl End {
             End::HandshakeTimeout => "handshake_timeout",
             End::NoServer => "no_server",
             End::ConnectFailed => "connect_failed",
+            End::ServerDown => "server_down",
         }
     }
 
@@ -224,7 +228,7 @@ impl Session {
         // Relay both ways until both sides have ended, the connection idles out, or a drain
         // reaches its deadline.
         let mut relay = Relay::new(client, server_stream, self.listener.relay);
-        let end = self.relay_until_end(&mut relay).await;
+        let end = self.relay_until_end(&mut relay, &server).await;
         let (to_server, to_client) = relay.bytes();
         self.record.bytes_client_to_server += to_server;
         self.record.bytes_server_to_client = to_client;
@@ -337,9 +341,10 @@ fn refuse_now(client: &TcpStream, end: End) -> End {
 }
 
 impl Session {
-    /// Relays until both sides have ended, the connection idles out, or a drain reaches its
-    /// deadline. A tick checks for idleness and publishes the byte counts of long sessions.
-    async fn relay_until_end(&mut self, relay: &mut Relay) -> End {
+    /// Relays until both sides have ended, the connection idles out, a drain reaches its
+    /// deadline, or the server's connections must close. A tick checks for idleness and
+    /// publishes the byte counts of long sessions.
+    async fn relay_until_end(&mut self, relay: &mut Relay, server: &Server) -> End {
         let (listener, shared) = (Arc::clone(&self.listener), Arc::clone(&self.shared));
         let already_sent = self.record.bytes_client_to_server;
         let idle_timeout = listener.config.idle_timeout;
@@ -348,16 +353,17 @@ impl Session {
         let mut idle_for = Duration::ZERO;
         let mut last_bytes = (0, 0);
         let mut phase = shared.phase.subscribe();
-        let drain_deadline = async {
+        let drain = Arc::clone(&shared);
+        let mut drain_deadline = Quiet::new(async move {
             if phase.wait_for(|p| *p >= Phase::Closing).await.is_ok() {
                 // Spread closes so the clients of a draining relay don't all reconnect at once.
-                let spread = shared.drain.load().close_spread.mul_f64(fastrand::f64());
-                tokio::time::sleep(spread).await;
+                let spread = drain.drain.load().close_spread;
+                tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
             } else {
                 std::future::pending::<()>().await;
             }
-        };
-        tokio::pin!(drain_deadline);
+        });
+        let mut server_down = server.close_signal();
         loop {
             tokio::select! {
                         biased;
@@ -376,6 +382,7 @@ impl Session {
                             }
                         }
                         _ = &mut drain_deadline => return End::DrainDeadline,
+                        _ = &mut server_down => return End::ServerDown,
                     }
         }
     }

@@ -39,6 +39,35 @@ pub const RSS_BYTES: &str = "l4relay_process_resident_memory_bytes";
 pub const CPU_SECONDS: &str = "l4relay_process_cpu_seconds";
 pub const READY: &str = "l4relay_ready";
 pub const DRAINING: &str = "l4relay_draining";
+pub const SERVER_STATE: &str = "l4relay_server_state";
+pub const HEALTH_CHECKS: &str = "l4relay_health_checks_total";
+pub const HEALTH_CHECK_SECONDS: &str = "l4relay_health_check_seconds";
+pub const DNS_RESOLUTIONS: &str = "l4relay_dns_resolutions_total";
+pub const DNS_ADDRESSES: &str = "l4relay_dns_addresses";
+
+/// The `state` label of `l4relay_server_state`. `unknown`: awaiting its first health check.
+pub const SERVER_STATES: [&str; 4] = ["up", "down", "draining", "unknown"];
+/// The `result` label of `l4relay_health_checks_total`.
+pub const CHECK_RESULTS: [&str; 8] = [
+    "ok",
+    "refused",
+    "timeout",
+    "error",
+    "tls",
+    "http_status",
+    "http_body",
+    "firewall",
+];
+/// The `result` label of `l4relay_dns_resolutions_total`.
+pub const DNS_RESULTS: [&str; 7] = [
+    "ok",
+    "nxdomain",
+    "empty",
+    "servfail",
+    "timeout",
+    "error",
+    "public_refused",
+];
 
 /// Upstream connect time: 100 µs (same-AZ) to 10 s (a timing-out server).
 pub const CONNECT_BUCKETS: &[f64] = &[
@@ -74,7 +103,10 @@ pub fn install(enabled: bool) -> Option<PrometheusHandle> {
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(SESSION_DURATION.into()), DURATION_BUCKETS)
         })
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SESSION_BYTES.into()), BYTES_BUCKETS));
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SESSION_BYTES.into()), BYTES_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(HEALTH_CHECK_SECONDS.into()), CONNECT_BUCKETS)
+        });
     match builder.and_then(|b| b.install_recorder()) {
         Ok(handle) => {
             describe();
@@ -163,6 +195,24 @@ fn describe() {
         counter!(CONFIG_RELOADS, "result" => result).absolute(0);
     }
     gauge!(DRAINING).set(0.0);
+    describe_gauge!(
+        SERVER_STATE,
+        "Addresses of the server in each state (up, down, draining, unknown)."
+    );
+    describe_counter!(HEALTH_CHECKS, "Active health checks, by result.");
+    describe_histogram!(
+        HEALTH_CHECK_SECONDS,
+        Unit::Seconds,
+        "How long health checks took (every result)."
+    );
+    describe_counter!(
+        DNS_RESOLUTIONS,
+        "Resolutions of server names (A and AAAA together), by result."
+    );
+    describe_gauge!(
+        DNS_ADDRESSES,
+        "Addresses a server's name resolves to now (after require_private)."
+    );
 }
 
 /// What connections on one listener are counted under.
@@ -229,15 +279,21 @@ impl ListenerMetrics {
     }
 }
 
-/// What connect attempts to one server are counted under.
+/// What connect attempts to one server are counted under; shared by every address of a server
+/// given by name (the labels are the config's names).
 pub struct ServerMetrics {
     results: [Counter; 4],
     pub up: Gauge,
     pub active: Gauge,
+    checks: [Counter; CHECK_RESULTS.len()],
+    /// Indexed like `SERVER_STATES`.
+    pub states: [Gauge; SERVER_STATES.len()],
+    /// Only for a server given by name.
+    pub dns_addresses: Option<Gauge>,
 }
 
 impl ServerMetrics {
-    pub fn new(pool: &str, server: &str) -> ServerMetrics {
+    pub fn new(pool: &str, server: &str, by_name: bool) -> ServerMetrics {
         let (p, s) = (pool.to_string(), server.to_string());
         let result = |r: AttemptResult| counter!(UPSTREAM_CONNECTIONS, "pool" => p.clone(), "server" => s.clone(), "result" => r.as_str());
         ServerMetrics {
@@ -248,7 +304,17 @@ impl ServerMetrics {
                 result(AttemptResult::Error),
             ],
             up: gauge!(SERVER_UP, "pool" => p.clone(), "server" => s.clone()),
-            active: gauge!(SERVER_ACTIVE, "pool" => p, "server" => s),
+            active: gauge!(SERVER_ACTIVE, "pool" => p.clone(), "server" => s.clone()),
+            checks: CHECK_RESULTS.map(|r| counter!(HEALTH_CHECKS, "pool" => p.clone(), "server" => s.clone(), "result" => r)),
+            states: SERVER_STATES.map(|state| gauge!(SERVER_STATE, "pool" => p.clone(), "server" => s.clone(), "state" => state)),
+            dns_addresses: by_name.then(|| gauge!(DNS_ADDRESSES, "pool" => p, "server" => s)),
+        }
+    }
+
+    /// Counts a health check; `result` is one of `CHECK_RESULTS`.
+    pub fn count_check(&self, result: &str) {
+        if let Some(i) = CHECK_RESULTS.iter().position(|r| *r == result) {
+            self.checks[i].increment(1);
         }
     }
 
@@ -263,10 +329,12 @@ impl ServerMetrics {
     }
 }
 
-/// What a pool's connects are counted under.
+/// What a pool's connects, health checks and resolutions are counted under.
 pub struct PoolMetrics {
     pub connect_time: Histogram,
     pub retries: Counter,
+    pub check_time: Histogram,
+    dns: [Counter; DNS_RESULTS.len()],
 }
 
 impl PoolMetrics {
@@ -274,6 +342,16 @@ impl PoolMetrics {
         PoolMetrics {
             connect_time: histogram!(UPSTREAM_CONNECT_SECONDS, "pool" => pool.to_string()),
             retries: counter!(UPSTREAM_RETRIES, "pool" => pool.to_string()),
+            check_time: histogram!(HEALTH_CHECK_SECONDS, "pool" => pool.to_string()),
+            dns: DNS_RESULTS
+                .map(|r| counter!(DNS_RESOLUTIONS, "pool" => pool.to_string(), "result" => r)),
+        }
+    }
+
+    /// Counts a resolution; `result` is one of `DNS_RESULTS`.
+    pub fn count_dns(&self, result: &str) {
+        if let Some(i) = DNS_RESULTS.iter().position(|r| *r == result) {
+            self.dns[i].increment(1);
         }
     }
 }

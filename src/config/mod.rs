@@ -3,7 +3,8 @@
 //! A `Config` that exists is a valid one: every cross-reference resolved, every number in range.
 //! `load` reports all problems at once (file, line, key), which is what `l4relay check` prints.
 //! Runtime objects (sockets, pools with live counters) are built from it elsewhere; this module
-//! does no I/O beyond reading the file and never resolves DNS names.
+//! does no I/O beyond reading the file (and the files it names: a health check's CA file, the
+//! admin token file, so `check` finds their problems) and never resolves DNS names.
 
 mod reader;
 
@@ -74,6 +75,8 @@ pub struct Admin {
     pub health_listen: Option<SocketAddr>,
     /// Record Prometheus metrics (off: /metrics answers 404 and nothing is counted).
     pub metrics: bool,
+    /// Bearer token the POST endpoints require; None: they are open like the GETs.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +179,141 @@ pub struct PoolConfig {
     /// Local address outgoing connections are bound to (the stable egress address).
     pub source: Option<std::net::IpAddr>,
     pub servers: Vec<ServerConfig>,
+    /// A server coming back ramps its weight from almost nothing to full over this long; zero:
+    /// off.
+    pub slow_start: Duration,
+    /// What happens to a server's open connections when it goes down.
+    pub on_down: OnDown,
+    pub dns: DnsConfig,
+    /// Active (and passive) health checking; None: every server counts as up.
+    pub health: Option<HealthConfig>,
+}
+
+/// What becomes of the connections of a server that health checks mark down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDown {
+    /// They run to their end.
+    Keep,
+    /// They are closed at once.
+    Close,
+}
+
+/// How the names of a pool's servers are resolved and re-resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Record TTLs are clamped to [min_ttl, max_ttl] to schedule the next resolution.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// On resolver failure, the last good addresses are kept for this long.
+    pub hold: Duration,
+    /// Connections to an address DNS no longer returns are closed after this long; None: they
+    /// end on their own.
+    pub removed_grace: Option<Duration>,
+    /// Per query (two attempts per nameserver).
+    pub timeout: Duration,
+    /// Empty: /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Refuse addresses that are not private (RFC 1918, RFC 4193, 100.64/10, loopback).
+    pub require_private: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// A TLS handshake.
+    Tls,
+    /// An HTTP request, over TCP or TLS.
+    Http,
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Tls => "tls",
+            CheckKind::Http => "http",
+        }
+    }
+}
+
+/// A server's state before its first check has answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitState {
+    /// No traffic until the first good check.
+    Down,
+    /// Traffic at once; `fall` failed checks take it down.
+    Up,
+}
+
+/// `[pool.health]`.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub check: CheckKind,
+    pub interval: Duration,
+    /// The interval while a server is changing state (a failure while up, a success while
+    /// down), so a change is confirmed sooner.
+    pub fast_interval: Duration,
+    /// For the whole check: connect, handshake, request and response.
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Up to this much is added to each interval at random, so checks of many servers spread.
+    pub jitter: Duration,
+    pub init_state: InitState,
+    /// Consecutive failed connects in live traffic that mark a server down; 0: off.
+    pub passive_fall: u32,
+    /// Set for `check = "tls"` and for HTTP checks over TLS.
+    pub tls: Option<TlsCheck>,
+    /// Set for `check = "http"`.
+    pub http: Option<HttpCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsCheck {
+    /// Server name sent and verified; None: the server's host name (none for an IP address).
+    pub sni: Option<String>,
+    /// Verify the certificate chain and name (false: any certificate is accepted).
+    pub verify: bool,
+    /// PEM CA certificates to verify against instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    pub method: String,
+    pub path: String,
+    /// The Host header; None: the server's host name (its address for an IP server).
+    pub host: Option<String>,
+    /// Statuses that mean up.
+    pub statuses: Vec<StatusRange>,
+    /// A substring the response must contain (head or first 64 KiB of body).
+    pub body: Option<String>,
+    /// Statuses that mean "refused by an upstream firewall" (down, with that reason).
+    pub firewall_statuses: Vec<StatusRange>,
+}
+
+/// HTTP statuses `low..=high`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusRange {
+    pub fn contains(self, status: u16) -> bool {
+        (self.low..=self.high).contains(&status)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}-{}", self.low, self.high)
+        }
+    }
 }
 
 /// Where a server is: a literal socket address, or a name resolved by the runtime.
@@ -272,6 +410,7 @@ fn read_config(
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             health_listen: None,
             metrics: true,
+            token: None,
         },
     };
     let drain = match root.table(diag, "drain") {
@@ -439,6 +578,7 @@ fn read_admin(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Admin {
     };
     let health_listen = s.parsed(diag, "health_listen", parse_socket_addr);
     let metrics = s.bool(diag, "metrics", true);
+    let token = read_admin_token(s, diag);
     if let Some(addr) = listen {
         if !addr.ip().is_loopback() {
             diag.warn(
@@ -452,7 +592,44 @@ fn read_admin(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Admin {
         listen,
         health_listen,
         metrics,
+        token,
     }
+}
+
+/// `token` or `token_file` (its first line): what POST requests must send as
+/// `Authorization: Bearer <token>`.
+fn read_admin_token(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<String> {
+    let inline = s.string(diag, "token");
+    let file = s.string(diag, "token_file");
+    let token = match (inline, file) {
+        (Some(_), Some(at)) => {
+            diag.error(&at.span, &at.key, "set token or token_file, not both");
+            return None;
+        }
+        (Some(at), None) => Some((at.value, at.span, at.key)),
+        (None, Some(at)) => match std::fs::read_to_string(&at.value) {
+            Ok(text) => Some((
+                text.lines().next().unwrap_or("").trim().to_string(),
+                at.span,
+                at.key,
+            )),
+            Err(e) => {
+                diag.error(&at.span, &at.key, format!("cannot read {}: {e}", at.value));
+                return None;
+            }
+        },
+        (None, None) => None,
+    };
+    let (token, span, key) = token?;
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        diag.error(
+            &span,
+            &key,
+            "a token is at least 16 printable characters, without spaces",
+        );
+        return None;
+    }
+    Some(token)
 }
 
 fn read_drain(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Drain {
@@ -713,6 +890,22 @@ fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<Read
             format!("\"{v}\" is not an IP address (the local address to connect from)")
         })
     });
+    let slow_start = s.duration(diag, "slow_start", Duration::ZERO);
+    let on_down = s.choice(
+        diag,
+        "on_down",
+        &[("keep", OnDown::Keep), ("close", OnDown::Close)],
+        OnDown::Keep,
+    );
+    let dns = read_pool_dns(s, diag);
+    let health = match s.table(diag, "health") {
+        Some(mut section) => {
+            let health = read_health(&mut section, diag);
+            section.finish(diag);
+            health
+        }
+        None => None,
+    };
 
     let mut servers: Vec<ServerConfig> = Vec::new();
     let sections = s.tables(diag, "server");
@@ -732,6 +925,15 @@ fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<Read
                     format!("duplicate server name \"{}\" in this pool", server.name),
                 );
             } else {
+                if let ServerAddress::Ip(addr) = server.address {
+                    if dns.require_private && !is_private(addr.ip()) {
+                        diag.error(
+                            &name_span,
+                            &section.key_path("address"),
+                            format!("{addr} is not a private address, and the pool has require_private = true"),
+                        );
+                    }
+                }
                 servers.push(server);
             }
         }
@@ -748,9 +950,303 @@ fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<Read
             send_proxy,
             source,
             servers,
+            slow_start,
+            on_down,
+            dns,
+            health,
         },
         name,
     })
+}
+
+/// The pool's `dns_*`, `nameservers` and `require_private` keys.
+fn read_pool_dns(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> DnsConfig {
+    let min_ttl = s.duration(diag, "dns_min_ttl", Duration::from_secs(1));
+    let max_ttl = s.duration(diag, "dns_max_ttl", Duration::from_secs(300));
+    let hold = s.duration(diag, "dns_hold", Duration::from_secs(300));
+    let removed_grace = s.parsed(diag, "dns_removed_grace", parse_duration);
+    let timeout = s.duration(diag, "dns_timeout", Duration::from_secs(2));
+    let nameservers = values(s.list(diag, "nameservers", parse_nameserver));
+    let require_private = s.bool(diag, "require_private", false);
+    if min_ttl < Duration::from_millis(100) {
+        diag.error(
+            &s.span(),
+            &s.key_path("dns_min_ttl"),
+            "must be at least 100ms",
+        );
+    }
+    if max_ttl < min_ttl {
+        diag.error(
+            &s.span(),
+            &s.key_path("dns_max_ttl"),
+            "must not be below dns_min_ttl",
+        );
+    }
+    if timeout.is_zero() {
+        diag.error(
+            &s.span(),
+            &s.key_path("dns_timeout"),
+            "must be greater than zero",
+        );
+    }
+    DnsConfig {
+        min_ttl,
+        max_ttl,
+        hold,
+        removed_grace,
+        timeout,
+        nameservers,
+        require_private,
+    }
+}
+
+/// `[pool.health]`; None when it has errors (reported).
+fn read_health(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<HealthConfig> {
+    let errors_before = diag.errors.len();
+    let check = match s.string(diag, "check") {
+        None => {
+            diag.error(&s.span(), &s.key_path("check"), "missing required key");
+            CheckKind::Tcp
+        }
+        Some(at) => match at.value.as_str() {
+            "tcp" => CheckKind::Tcp,
+            "tls" => CheckKind::Tls,
+            "http" => CheckKind::Http,
+            other => {
+                diag.error(
+                    &at.span,
+                    &at.key,
+                    format!("\"{other}\" is not one of \"tcp\", \"tls\", \"http\""),
+                );
+                CheckKind::Tcp
+            }
+        },
+    };
+    let interval = s.duration(diag, "interval", Duration::from_secs(2));
+    let fast_interval = s
+        .parsed(diag, "fast_interval", parse_duration)
+        .unwrap_or(interval);
+    let timeout = s.duration(diag, "timeout", Duration::from_secs(1));
+    let rise = s.integer(diag, "rise", 1..=100, 2) as u32;
+    let fall = s.integer(diag, "fall", 1..=100, 3) as u32;
+    let jitter = s
+        .parsed(diag, "jitter", parse_duration)
+        .unwrap_or(interval / 10);
+    let init_state = s.choice(
+        diag,
+        "init_state",
+        &[("down", InitState::Down), ("up", InitState::Up)],
+        InitState::Down,
+    );
+    let passive_fall = s.integer(diag, "passive_fall", 0..=1000, 3) as u32;
+    for (key, value) in [("interval", interval), ("fast_interval", fast_interval)] {
+        if value < Duration::from_millis(10) {
+            diag.error(&s.span(), &s.key_path(key), "must be at least 10ms");
+        }
+    }
+    if timeout.is_zero() {
+        diag.error(
+            &s.span(),
+            &s.key_path("timeout"),
+            "must be greater than zero",
+        );
+    }
+
+    // TLS: the handshake check, or HTTP over TLS.
+    let over_tls = s.bool(diag, "tls", false);
+    let sni = s.string(diag, "sni");
+    let verify = s.bool(diag, "verify", true);
+    let ca_file = s.string(diag, "ca_file");
+    let uses_tls = check == CheckKind::Tls || (check == CheckKind::Http && over_tls);
+    if over_tls && check != CheckKind::Http {
+        diag.error(
+            &s.span(),
+            &s.key_path("tls"),
+            "only for check = \"http\" (HTTP over TLS); check = \"tls\" is the handshake check",
+        );
+    }
+    if !uses_tls {
+        let misplaced = [
+            ("sni", sni.is_some()),
+            ("verify", !verify),
+            ("ca_file", ca_file.is_some()),
+        ];
+        for (key, present) in misplaced {
+            if present {
+                diag.error(
+                    &s.span(),
+                    &s.key_path(key),
+                    "only for TLS checks (check = \"tls\", or \"http\" with tls = true)",
+                );
+            }
+        }
+    }
+    if let Some(at) = &sni {
+        if let Err(message) = parse_host_name(&at.value) {
+            diag.error(&at.span, &at.key, message);
+        }
+    }
+    if let Some(at) = &ca_file {
+        if let Err(message) = crate::health::tls::load_ca_file(Path::new(&at.value)) {
+            diag.error(&at.span, &at.key, message);
+        }
+    }
+    if uses_tls && !verify {
+        diag.warn(
+            &s.span(),
+            &s.key_path("verify"),
+            "TLS health checks accept any certificate (verify = false): a check cannot tell the real server from an impostor",
+        );
+    }
+    let tls = uses_tls.then(|| TlsCheck {
+        sni: sni.map(|at| at.value.to_ascii_lowercase()),
+        verify,
+        ca_file: ca_file.map(|at| PathBuf::from(at.value)),
+    });
+
+    // HTTP.
+    let method = s.parsed(diag, "method", |v| {
+        if !v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(v.to_string())
+        } else {
+            Err(format!(
+                "\"{v}\" is not an HTTP method, e.g. \"GET\", \"HEAD\""
+            ))
+        }
+    });
+    let path = s.parsed(diag, "path", |v| {
+        if v.starts_with('/') && v.len() <= 2048 && v.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(v.to_string())
+        } else {
+            Err(format!(
+                "\"{v}\" is not a request path: it starts with \"/\" and has no spaces"
+            ))
+        }
+    });
+    let host = s.parsed(diag, "host", |v| {
+        if !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(v.to_string())
+        } else {
+            Err(format!("\"{v}\" is not a Host header value"))
+        }
+    });
+    let statuses = s.list(diag, "statuses", parse_status_range);
+    let body = s.string(diag, "body");
+    let firewall_statuses = s.list(diag, "firewall_statuses", parse_status_range);
+    if check != CheckKind::Http {
+        let misplaced = [
+            ("method", method.is_some()),
+            ("path", path.is_some()),
+            ("host", host.is_some()),
+            ("statuses", !statuses.is_empty()),
+            ("body", body.is_some()),
+            ("firewall_statuses", !firewall_statuses.is_empty()),
+        ];
+        for (key, present) in misplaced {
+            if present {
+                diag.error(&s.span(), &s.key_path(key), "only for check = \"http\"");
+            }
+        }
+    }
+    if let Some(at) = &body {
+        if at.value.is_empty() {
+            diag.error(&at.span, &at.key, "must not be empty");
+        }
+    }
+    let statuses = values(statuses);
+    let firewall_statuses = values(firewall_statuses);
+    for firewall in &firewall_statuses {
+        if statuses
+            .iter()
+            .any(|ok| ok.low <= firewall.high && firewall.low <= ok.high)
+        {
+            diag.error(
+                &s.span(),
+                &s.key_path("firewall_statuses"),
+                format!("{firewall} is also in statuses: a status cannot mean both up and down"),
+            );
+        }
+    }
+    let http = (check == CheckKind::Http).then(|| HttpCheck {
+        method: method.unwrap_or_else(|| "GET".to_string()),
+        path: path.unwrap_or_else(|| "/".to_string()),
+        host,
+        statuses: if statuses.is_empty() {
+            vec![StatusRange {
+                low: 200,
+                high: 399,
+            }]
+        } else {
+            statuses
+        },
+        body: body.map(|at| at.value),
+        firewall_statuses,
+    });
+
+    (diag.errors.len() == errors_before).then_some(HealthConfig {
+        check,
+        interval,
+        fast_interval,
+        timeout,
+        rise,
+        fall,
+        jitter,
+        init_state,
+        passive_fall,
+        tls,
+        http,
+    })
+}
+
+/// "200" or "200-399".
+fn parse_status_range(text: &str) -> Result<StatusRange, String> {
+    let bad = || format!("\"{text}\" is not an HTTP status or range, e.g. \"401\" or \"200-399\"");
+    let status = |t: &str| -> Result<u16, String> {
+        match t.trim().parse::<u16>() {
+            Ok(n) if (100..=599).contains(&n) => Ok(n),
+            _ => Err(bad()),
+        }
+    };
+    let (low, high) = match text.split_once('-') {
+        Some((low, high)) => (status(low)?, status(high)?),
+        None => {
+            let n = status(text)?;
+            (n, n)
+        }
+    };
+    if low > high {
+        return Err(bad());
+    }
+    Ok(StatusRange { low, high })
+}
+
+/// "IP" (port 53) or "IP:port".
+fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("\"{text}\" is not a nameserver address: write \"IP\" or \"IP:port\""))
+}
+
+/// A DNS host name (for SNI).
+fn parse_host_name(text: &str) -> Result<(), String> {
+    match parse_server_address(&format!("{text}:1")) {
+        Ok(ServerAddress::Name { .. }) => Ok(()),
+        _ => Err(format!("\"{text}\" is not a host name")),
+    }
+}
+
+/// True for addresses that never leave a private network: RFC 1918, RFC 6598 (100.64/10),
+/// RFC 4193 (fc00::/7), and loopback (local setups and tests).
+pub fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_loopback() || (a == 100 && (b & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_loopback(),
+    }
 }
 
 fn read_server(
@@ -953,6 +1449,154 @@ balance = "fastest"
         ] {
             assert!(parse_server_address(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    const HEALTH: &str = r#"
+[admin]
+token = "0123456789abcdef-token"
+
+[[listener]]
+name = "l"
+listen = "127.0.0.1:8443"
+pool = "p"
+
+[[pool]]
+name = "p"
+slow_start = "30s"
+on_down = "close"
+require_private = true
+nameservers = ["10.0.0.2", "10.0.0.3:5353"]
+dns_hold = "1m"
+  [pool.health]
+  check = "http"
+  path = "/openai/models"
+  statuses = ["401", "200-299"]
+  firewall_statuses = ["403"]
+  interval = "5s"
+  [[pool.server]]
+  address = "myres.openai.azure.com:443"
+"#;
+
+    #[test]
+    fn health_and_dns_keys_with_their_defaults() {
+        let c = parse(HEALTH).unwrap();
+        let pool = &c.pools[0];
+        assert_eq!(pool.slow_start, Duration::from_secs(30));
+        assert_eq!(pool.on_down, OnDown::Close);
+        assert!(pool.dns.require_private);
+        assert_eq!(
+            pool.dns.nameservers,
+            vec![
+                "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
+                "10.0.0.3:5353".parse().unwrap()
+            ]
+        );
+        assert_eq!(pool.dns.hold, Duration::from_secs(60));
+        assert_eq!(pool.dns.min_ttl, Duration::from_secs(1));
+        assert_eq!(pool.dns.max_ttl, Duration::from_secs(300));
+        assert_eq!(pool.dns.removed_grace, None);
+        let h = pool.health.as_ref().unwrap();
+        assert_eq!(h.check, CheckKind::Http);
+        assert_eq!(h.interval, Duration::from_secs(5));
+        assert_eq!(h.fast_interval, Duration::from_secs(5));
+        assert_eq!(h.jitter, Duration::from_millis(500));
+        assert_eq!(h.timeout, Duration::from_secs(1));
+        assert_eq!((h.rise, h.fall, h.passive_fall), (2, 3, 3));
+        assert_eq!(h.init_state, InitState::Down);
+        assert!(h.tls.is_none());
+        let http = h.http.as_ref().unwrap();
+        assert_eq!(http.method, "GET");
+        assert_eq!(http.path, "/openai/models");
+        assert!(http.statuses[0].contains(401) && http.statuses[1].contains(250));
+        assert!(!http.statuses.iter().any(|r| r.contains(403)));
+        assert!(http.firewall_statuses[0].contains(403));
+        assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef-token"));
+
+        let c = parse(MINIMAL).unwrap();
+        assert!(c.pools[0].health.is_none());
+        assert_eq!(c.pools[0].on_down, OnDown::Keep);
+        assert_eq!(c.pools[0].slow_start, Duration::ZERO);
+        assert_eq!(c.admin.token, None);
+    }
+
+    #[test]
+    fn health_errors_and_warnings() {
+        let text = r#"
+[admin]
+token = "short"
+
+[[listener]]
+name = "l"
+listen = "127.0.0.1:8443"
+pool = "p"
+
+[[pool]]
+name = "p"
+require_private = true
+  [pool.health]
+  check = "tcp"
+  path = "/x"
+  verify = false
+  rise = 0
+  [[pool.server]]
+  address = "8.8.8.8:443"
+
+[[pool]]
+name = "q"
+  [pool.health]
+  check = "http"
+  statuses = ["200-399", "600"]
+  firewall_statuses = ["300-403"]
+  [[pool.server]]
+  address = "10.0.0.1:443"
+
+[[pool]]
+name = "r"
+  [pool.health]
+  check = "tls"
+  ca_file = "/nonexistent/ca.pem"
+  [[pool.server]]
+  address = "10.0.0.1:443"
+
+[[pool]]
+name = "s"
+  [pool.health]
+  interval = "2s"
+  [[pool.server]]
+  address = "10.0.0.1:443"
+"#;
+        let errors = parse(text).unwrap_err();
+        let expect = [
+            "admin.token: a token is at least 16 printable characters",
+            "pool[0].health.path: only for check = \"http\"",
+            "pool[0].health.verify: only for TLS checks",
+            "pool[0].health.rise: must be an integer from 1 to 100",
+            "pool[0].server[0].address: 8.8.8.8:443 is not a private address",
+            "pool[1].health.statuses[1]: \"600\" is not an HTTP status",
+            "pool[1].health.firewall_statuses: 300-403 is also in statuses",
+            "pool[2].health.ca_file: cannot read /nonexistent/ca.pem",
+            "pool[3].health.check: missing required key",
+        ];
+        for e in expect {
+            assert!(
+                errors.iter().any(|got| got.contains(e)),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+
+        let unverified = HEALTH.replace(
+            "check = \"http\"",
+            "check = \"http\"\n  tls = true\n  verify = false",
+        );
+        let c = Config::parse(Path::new("t.toml"), &unverified).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.key == "pool[0].health.verify"),
+            "{:?}",
+            c.warnings
+        );
+        let tls = c.pools[0].health.as_ref().unwrap().tls.as_ref().unwrap();
+        assert!(!tls.verify);
     }
 
     #[test]

@@ -9,56 +9,68 @@
 //! - source-hash: weighted rendezvous hashing of the client address, so a client keeps its
 //!   server while the server set changes, and only the clients of a removed server move;
 //! - first: the first candidate in config order, so servers fill up one after another.
+//!
+//! Every weighted algorithm uses the server's effective weight, which is below the configured
+//! one while a server that came back ramps up (slow start).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use super::{Pool, Server};
+use super::{Clock, Pool, Server};
 use crate::config::Balance;
 
 /// Rotates ties between equally loaded servers in least-connections.
 static TIE_BREAK: AtomicUsize = AtomicUsize::new(0);
 
+/// Chooses among `servers` (the pool's current set); an index into it.
 pub fn choose(
     pool: &Pool,
+    servers: &[Arc<Server>],
     client: IpAddr,
     eligible: &dyn Fn(usize, &Server) -> bool,
 ) -> Option<usize> {
-    let servers = &pool.servers;
     let candidates = || servers.iter().enumerate().filter(|(i, s)| eligible(*i, s));
+    let mut clock = Clock::default();
     match pool.balance {
         Balance::First => candidates().map(|(i, _)| i).next(),
         Balance::RoundRobin => {
-            // Held for one pass over the pool's servers, once per new connection.
-            let mut running = pool
+            // Held for one pass over the pool's servers, once per new connection; it guards
+            // every server's running weight.
+            let _running = pool
                 .round_robin
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut total = 0i64;
-            let mut best: Option<usize> = None;
+            let mut best: Option<(usize, i64)> = None;
             for (i, server) in candidates() {
-                running[i] += i64::from(server.weight);
-                total += i64::from(server.weight);
-                if best.is_none_or(|b| running[i] > running[b]) {
-                    best = Some(i);
+                let weight = server.effective_weight(&mut clock) as i64;
+                let running = server.rr_current.load(Ordering::Relaxed) + weight;
+                server.rr_current.store(running, Ordering::Relaxed);
+                total += weight;
+                if best.is_none_or(|(_, b)| running > b) {
+                    best = Some((i, running));
                 }
             }
-            let best = best?;
-            running[best] -= total;
+            let (best, running) = best?;
+            servers[best]
+                .rr_current
+                .store(running - total, Ordering::Relaxed);
             Some(best)
         }
         Balance::LeastConnections => {
             let n = servers.len();
             let start = TIE_BREAK.fetch_add(1, Ordering::Relaxed) % n.max(1);
-            let mut best: Option<(usize, &Server)> = None;
+            let mut best: Option<(usize, Load)> = None;
             for k in 0..n {
                 let i = (start + k) % n;
                 let server = &servers[i];
                 if !eligible(i, server) {
                     continue;
                 }
-                if best.is_none_or(|(_, b)| less_loaded(server, b)) {
-                    best = Some((i, server));
+                let load = Load::of(server, &mut clock);
+                if best.is_none_or(|(_, b)| load.less_than(b)) {
+                    best = Some((i, load));
                 }
             }
             best.map(|(i, _)| i)
@@ -76,21 +88,41 @@ pub fn choose(
             };
             let a = candidates().nth(first)?;
             let b = candidates().nth(second)?;
-            Some(if less_loaded(b.1, a.1) { b.0 } else { a.0 })
+            let (load_a, load_b) = (Load::of(a.1, &mut clock), Load::of(b.1, &mut clock));
+            Some(if load_b.less_than(load_a) { b.0 } else { a.0 })
         }
         Balance::SourceHash => {
             let key = hash_ip(client);
             candidates()
-                .map(|(i, s)| (i, rendezvous_score(key, s)))
+                .map(|(i, s)| {
+                    let weight = s.effective_weight(&mut clock) as f64;
+                    (i, rendezvous_score(key, s, weight))
+                })
                 .max_by(|a, b| a.1.total_cmp(&b.1))
                 .map(|(i, _)| i)
         }
     }
 }
 
-/// a/weight(a) < b/weight(b), without division.
-fn less_loaded(a: &Server, b: &Server) -> bool {
-    u64::from(a.active()) * u64::from(b.weight) < u64::from(b.active()) * u64::from(a.weight)
+/// A server's active connections and effective weight, read once per choice.
+#[derive(Clone, Copy)]
+struct Load {
+    active: u64,
+    weight: u64,
+}
+
+impl Load {
+    fn of(server: &Server, clock: &mut Clock) -> Load {
+        Load {
+            active: u64::from(server.active()),
+            weight: server.effective_weight(clock),
+        }
+    }
+
+    /// active/weight < other.active/other.weight, without division.
+    fn less_than(self, other: Load) -> bool {
+        self.active * other.weight < other.active * self.weight
+    }
 }
 
 fn hash_ip(ip: IpAddr) -> u64 {
@@ -105,7 +137,7 @@ fn hash_ip(ip: IpAddr) -> u64 {
 /// Weighted rendezvous (highest random weight): -weight / ln(u), u uniform in (0, 1) from a
 /// stable hash of (client, server). Stable across processes and versions, unlike std's hasher,
 /// so every relay in a fleet maps a client to the same server.
-fn rendezvous_score(client_key: u64, server: &Server) -> f64 {
+fn rendezvous_score(client_key: u64, server: &Server, weight: f64) -> f64 {
     let mut h = fnv1a(client_key, server.name.as_bytes());
     h = match server.addr.ip() {
         IpAddr::V4(ip) => fnv1a(h, &ip.octets()),
@@ -114,7 +146,7 @@ fn rendezvous_score(client_key: u64, server: &Server) -> f64 {
     h = fnv1a(h, &server.addr.port().to_be_bytes());
     let mixed = splitmix64(h);
     let unit = ((mixed >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -f64::from(server.weight) / unit.ln()
+    -weight / unit.ln()
 }
 
 fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {

@@ -1,0 +1,199 @@
+"""Checks of deploy/l4relay.yaml that cfn-lint cannot make.
+
+- The drain timings hold together (the relations written above the template's Drain mapping), so
+  that editing one number without the others fails here rather than cutting streams in production.
+- The instance bootstrap (the launch template's user data) renders an l4relay.toml that says what
+  the stack means: it is run through bash with sample parameters, parsed, and validated with
+  `l4relay check` when a built binary is at hand (L4RELAY_BIN, target/release, target/debug, PATH).
+- The lifecycle function's environment names are the ones eip_pool.Config reads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import decode
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE / "lambda"))
+
+import eip_pool  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    tpl, errors = decode(str(HERE / "l4relay.yaml"))
+    assert not errors, errors
+    return tpl
+
+
+@pytest.fixture(scope="module")
+def drain(template: dict[str, Any]) -> dict[str, int]:
+    return {k: int(v) for k, v in template["Mappings"]["Drain"]["Relay"].items()}
+
+
+def resolve(value: Any, template: dict[str, Any]) -> Any:
+    """Resolves the Fn::FindInMap (and Fn::Sub of one) this template uses for numbers."""
+    if isinstance(value, dict) and "Fn::FindInMap" in value:
+        m, k1, k2 = value["Fn::FindInMap"]
+        return template["Mappings"][m][k1][k2]
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        text, variables = value["Fn::Sub"]
+        return re.sub(r"\$\{(\w+)\}", lambda mo: str(resolve(variables[mo.group(1)], template)), text)
+    return value
+
+
+def resource(template: dict[str, Any], name: str) -> dict[str, Any]:
+    return template["Resources"][name]["Properties"]
+
+
+# --- drain timings --------------------------------------------------------------------------
+
+
+def test_the_nlb_notices_a_drain_within_announce(template, drain):
+    tg = resource(template, "TargetGroup")
+    interval = int(resolve(tg["HealthCheckIntervalSeconds"], template))
+    threshold = int(resolve(tg["UnhealthyThresholdCount"], template))
+    assert tg["HealthCheckProtocol"] == "HTTP" and tg["HealthCheckPath"] == "/readyz"
+    assert str(tg["HealthCheckPort"]) == "8080"
+    # Failures counted from the first check after SIGTERM, which may be an interval away.
+    assert interval * threshold + interval < drain["Announce"]
+    assert int(tg["HealthCheckTimeoutSeconds"]) < interval
+
+
+def test_the_nlb_keeps_forwarding_for_the_whole_drain(template, drain):
+    attrs = {a["Key"]: resolve(a["Value"], template) for a in resource(template, "TargetGroup")["TargetGroupAttributes"]}
+    lifetime = drain["Announce"] + drain["Deadline"] + drain["CloseSpread"]
+    assert drain["ConnectionLifetime"] == lifetime
+    assert attrs["proxy_protocol_v2.enabled"] == "true"
+    assert attrs["preserve_client_ip.enabled"] == "false"
+    assert int(attrs["deregistration_delay.timeout_seconds"]) >= drain["Deadline"]
+    assert int(attrs["deregistration_delay.timeout_seconds"]) == lifetime
+    assert attrs["deregistration_delay.connection_termination.enabled"] == "false"
+    assert attrs["target_health_state.unhealthy.connection_termination.enabled"] == "false"
+    assert int(attrs["target_health_state.unhealthy.draining_interval_seconds"]) == lifetime
+
+
+def test_the_termination_hook_outlasts_the_stop(template, drain):
+    assert drain["StopBudget"] >= drain["ConnectionLifetime"] + 10, "time to flush and exit"
+    hooks = {h["LifecycleTransition"]: h for h in resource(template, "AutoScalingGroup")["LifecycleHookSpecificationList"]}
+    terminate = hooks["autoscaling:EC2_INSTANCE_TERMINATING"]
+    launch = hooks["autoscaling:EC2_INSTANCE_LAUNCHING"]
+    assert int(resolve(terminate["HeartbeatTimeout"], template)) == drain["TerminateHookTimeout"]
+    assert launch["DefaultResult"] == "ABANDON"
+    assert int(resolve(launch["HeartbeatTimeout"], template)) == drain["LaunchHookTimeout"]
+
+    fn = resource(template, "LifecycleFunction")
+    wait = int(resolve(fn["Environment"]["Variables"]["DRAIN_WAIT_SECONDS"], template))
+    command_timeout = resolve(
+        resource(template, "DrainDocument")["Content"]["mainSteps"][0]["inputs"]["timeoutSeconds"], template)
+    # The function's wait covers the stop plus command delivery, and ends before the hook does.
+    assert wait == drain["DrainWait"] == int(command_timeout)
+    assert drain["StopBudget"] + 60 <= wait < drain["TerminateHookTimeout"]
+    assert wait + 60 <= int(fn["Timeout"]) <= 900
+
+
+def test_the_lifecycle_function_environment_matches_its_config(template):
+    env = resource(template, "LifecycleFunction")["Environment"]["Variables"]
+    read = set(re.findall(r'env(?:\.get)?[\[(]"([A-Z_]+)"', Path(eip_pool.__file__).read_text()))
+    assert read == set(env), (read, set(env))
+
+
+# --- user data --------------------------------------------------------------------------------
+
+
+def user_data(template: dict[str, Any]) -> tuple[str, str]:
+    joined = resource(template, "LaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
+    header = joined[0]["Fn::Sub"][0]
+    body = joined[1]
+    assert isinstance(header, str) and isinstance(body, str)
+    return header, body
+
+
+SAMPLE = {
+    "AWS::StackName": "l4relay-test",
+    "AWS::Region": "eu-west-1",
+    "DebUrl": "s3://artifacts-bucket/l4relay/l4relay_0.1.0-1_amd64.deb",
+    "DebSha256": "",
+    "UpstreamHost": "myresource.openai.azure.com:443",
+    "FirstRelayPort": "8443",
+    "LastRelayPort": "8446",
+    "Cidrs": "10.20.0.0/24,10.20.1.0/24,10.20.2.0/24",
+    "Vpces": "vpce-0123456789abcdef0,vpce-0fedcba9876543210",
+    "MaxConnections": "120000",
+}
+
+
+def render(template: dict[str, Any], drain: dict[str, int], function: str = "render_config", **params: str) -> subprocess.CompletedProcess:
+    header, body = user_data(template)
+    values = {**SAMPLE, **params, "Announce": drain["Announce"], "Deadline": drain["Deadline"],
+              "CloseSpread": drain["CloseSpread"], "StopBudget": drain["StopBudget"]}
+    script = re.sub(r"\$\{([\w:]+)\}", lambda m: str(values[m.group(1)]), header)
+    assert "${" not in script
+    lines = body.rstrip("\n").split("\n")
+    assert lines[-1] == "main", "the body ends by calling main"
+    script += "\n".join(lines[:-1]) + f"\n{function}\n"
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+
+
+def l4relay_binary() -> str | None:
+    candidates = [os.environ.get("L4RELAY_BIN", ""), str(REPO / "target/release/l4relay"),
+                  str(REPO / "target/debug/l4relay"), shutil.which("l4relay") or ""]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+def test_user_data_renders_the_stack_into_l4relay_toml(template, drain, tmp_path):
+    run = render(template, drain)
+    assert run.returncode == 0, run.stderr
+    config = tomllib.loads(run.stdout)
+
+    assert config["global"]["max_connections"] == 120000
+    assert config["admin"] == {"listen": "127.0.0.1:9090", "health_listen": "0.0.0.0:8080"}
+    assert config["drain"] == {"announce": f"{drain['Announce']}s", "deadline": f"{drain['Deadline']}s",
+                               "close_spread": f"{drain['CloseSpread']}s"}
+    listeners = config["listener"]
+    assert [entry["listen"] for entry in listeners] == [f"0.0.0.0:{p}" for p in range(8443, 8447)]
+    for entry in listeners:
+        assert entry["proxy_protocol"] == "v2"
+        assert entry["proxy_protocol_from"] == ["10.20.0.0/24", "10.20.1.0/24", "10.20.2.0/24"]
+        assert entry["allow_vpce"] == ["vpce-0123456789abcdef0", "vpce-0fedcba9876543210"]
+        assert entry["pool"] == "upstream"
+    [pool] = config["pool"]
+    assert pool["server"] == [{"address": "myresource.openai.azure.com:443"}]
+
+    binary = l4relay_binary()
+    if binary is None:
+        pytest.skip("no l4relay binary to run `check` with (set L4RELAY_BIN or build it)")
+    path = tmp_path / "l4relay.toml"
+    path.write_text(run.stdout)
+    check = subprocess.run([binary, "check", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+
+
+def test_user_data_without_an_endpoint_allowlist_leaves_allow_vpce_out(template, drain):
+    run = render(template, drain, Vpces="", FirstRelayPort="9443", LastRelayPort="9443")
+    assert run.returncode == 0, run.stderr
+    [listener] = tomllib.loads(run.stdout)["listener"]
+    assert listener["listen"] == "0.0.0.0:9443"
+    assert "allow_vpce" not in listener
+
+
+@pytest.mark.parametrize("first,last", [("8446", "8443"), ("8000", "8016"), ("8079", "8081"), ("9090", "9091")])
+def test_user_data_refuses_a_bad_port_range(template, drain, first, last):
+    run = render(template, drain, function="check_parameters", FirstRelayPort=first, LastRelayPort=last)
+    assert run.returncode != 0
+    assert "FATAL" in run.stderr
+
+
+def test_user_data_fits_the_16_kib_limit(template, drain):
+    header, body = user_data(template)
+    assert len((header + body).encode()) < 16 * 1024

@@ -1,0 +1,528 @@
+//! End-to-end DNS: a server given by name follows the answers of a test DNS server on
+//! loopback (records and TTLs that change), keeps its last good addresses through SERVFAIL and
+//! timeouts until `dns_hold`, and under `require_private` never connects to a public answer.
+//! The DNS responder is a few lines of UDP below; every upstream is on 127.0.0.0/8.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// How the test DNS server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Answer,
+    ServFail,
+    /// No answer at all: the resolver times out.
+    Silent,
+}
+
+struct Zone {
+    mode: Mode,
+    /// A records of `svc.test`; AAAA queries get an empty answer.
+    a: Vec<Ipv4Addr>,
+    ttl: u32,
+    /// A queries for `svc.test` received.
+    a_queries: usize,
+}
+
+type SharedZone = Arc<Mutex<Zone>>;
+
+/// Serves `zone` on 127.0.0.1 over UDP.
+async fn dns_server(zone: SharedZone) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let reply = answer(&buf[..n], &mut zone.lock().unwrap());
+            if let Some(reply) = reply {
+                let _ = socket.send_to(&reply, from).await;
+            }
+        }
+    });
+    addr
+}
+
+/// The reply to one query (RFC 1035 4.1), or None to stay silent.
+fn answer(query: &[u8], zone: &mut Zone) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[4..6] != [0, 1] {
+        return None;
+    }
+    let mut i = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *query.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(i..i + len)?).to_ascii_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(i)?, *query.get(i + 1)?]);
+    let question = query.get(12..i + 4)?;
+    let ours = labels.join(".") == "svc.test";
+    if ours && qtype == 1 {
+        zone.a_queries += 1;
+    }
+    let (rcode, records): (u8, Vec<Ipv4Addr>) = match zone.mode {
+        Mode::Silent => return None,
+        Mode::ServFail => (2, Vec::new()),
+        Mode::Answer if !ours => (3, Vec::new()),
+        Mode::Answer if qtype == 1 => (0, zone.a.clone()),
+        Mode::Answer => (0, Vec::new()),
+    };
+    let mut reply = Vec::with_capacity(512);
+    reply.extend_from_slice(&query[0..2]);
+    // QR, the query's RD, RA, and the rcode.
+    reply.push(0x80 | (query[2] & 0x01));
+    reply.push(0x80 | rcode);
+    reply.extend_from_slice(&[0, 1]);
+    reply.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    reply.extend_from_slice(&[0, 0, 0, 0]);
+    reply.extend_from_slice(question);
+    for ip in records {
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        reply.extend_from_slice(&zone.ttl.to_be_bytes());
+        reply.extend_from_slice(&[0, 4]);
+        reply.extend_from_slice(&ip.octets());
+    }
+    Some(reply)
+}
+
+fn zone(mode: Mode, a: &[&str], ttl: u32) -> SharedZone {
+    Arc::new(Mutex::new(Zone {
+        mode,
+        a: a.iter().map(|ip| ip.parse().unwrap()).collect(),
+        ttl,
+        a_queries: 0,
+    }))
+}
+
+fn set_zone(zone: &SharedZone, mode: Mode, a: &[&str], ttl: u32) {
+    let mut z = zone.lock().unwrap();
+    z.mode = mode;
+    z.a = a.iter().map(|ip| ip.parse().unwrap()).collect();
+    z.ttl = ttl;
+}
+
+/// One listener on pool "p", whose server "svc" is `svc.test:port`, resolved through `dns`.
+fn dns_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    dns: SocketAddr,
+    port: u16,
+    pool_extra: &str,
+) -> String {
+    format!(
+        "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\nnameservers = [\"{dns}\"]\ndns_timeout = \"200ms\"\ndns_min_ttl = \"200ms\"\n{pool_extra}\n  [pool.health]\n  check = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"100ms\"\n  rise = 1\n  fall = 1\n  [[pool.server]]\n  name = \"svc\"\n  address = \"svc.test:{port}\"\n"
+    )
+}
+
+/// The DNS entry of server "svc" in /status.
+fn dns_json(status: &serde_json::Value) -> serde_json::Value {
+    pool_json(status, "p")["dns"][0].clone()
+}
+
+/// Addresses of "svc" that /status shows up, sorted.
+fn up_addresses(status: &serde_json::Value) -> Vec<String> {
+    let mut up: Vec<String> = servers_json(status, "p", "svc")
+        .iter()
+        .filter(|s| s["state"] == "up")
+        .map(|s| s["address"].as_str().unwrap().to_string())
+        .collect();
+    up.sort();
+    up
+}
+
+/// Polls /status until `condition` holds; how long it took.
+async fn wait_status(
+    admin: SocketAddr,
+    limit: Duration,
+    what: &str,
+    mut condition: impl FnMut(&serde_json::Value) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = get_status(admin).await;
+        if condition(&status) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not {what} within {limit:?}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Upstreams named `names` on 127.0.0.2, .3, ... all on one port.
+async fn upstreams(names: &[&'static str]) -> (u16, Vec<Upstream>) {
+    'port: for _ in 0..20 {
+        let first = Upstream::start_at("127.0.0.2:0".parse().unwrap(), names[0]).await;
+        let port = first.addr.port();
+        let mut all = vec![first];
+        for (i, name) in names.iter().enumerate().skip(1) {
+            let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], port));
+            if std::net::TcpListener::bind(addr).is_err() {
+                continue 'port;
+            }
+            all.push(Upstream::start_at(addr, name).await);
+        }
+        return (port, all);
+    }
+    panic!("no port free on 127.0.0.2-4");
+}
+
+// ---- support shared by tests/health.rs and tests/dns.rs (each keeps its own copy) ----
+
+/// An upstream that announces its name then echoes, and can be stopped (its port then
+/// refuses connections) and started again on the same address.
+struct Upstream {
+    addr: SocketAddr,
+    name: &'static str,
+    accepted: Accepted,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Upstream {
+    async fn start_at(addr: SocketAddr, name: &'static str) -> Upstream {
+        let listener = bind_reusable(addr);
+        let upstream = Upstream {
+            addr: listener.local_addr().unwrap(),
+            name,
+            accepted: Accepted::default(),
+            task: std::sync::Mutex::new(None),
+        };
+        upstream.serve(listener);
+        upstream
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (name, count) = (self.name, self.accepted.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.0.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if stream
+                        .write_all(format!("{name}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+}
+
+fn bind_reusable(addr: SocketAddr) -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    socket.listen(1024).unwrap()
+}
+
+/// Connects through the relay and reads the name the server announces; None when the relay
+/// closes the connection instead.
+async fn try_which(relay: SocketAddr) -> Option<(TcpStream, String)> {
+    let mut stream = TcpStream::connect(relay).await.ok()?;
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if byte[0] == b'\n' {
+            return Some((stream, String::from_utf8(name).unwrap()));
+        }
+        name.push(byte[0]);
+    }
+}
+
+/// One HTTP/1.1 request to the admin listener: (status, body).
+async fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(admin).await.expect("connect to admin");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+async fn get_status(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = admin_request(admin, "GET", "/status", None).await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn pool_json<'a>(status: &'a serde_json::Value, pool: &str) -> &'a serde_json::Value {
+    status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pool)
+        .unwrap_or_else(|| panic!("no pool {pool} in {status}"))
+}
+
+/// The /status entries of a pool's server (one per address), in order.
+fn servers_json(status: &serde_json::Value, pool: &str, server: &str) -> Vec<serde_json::Value> {
+    pool_json(status, pool)["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == server)
+        .cloned()
+        .collect()
+}
+
+/// The value of the metric line `name{...}` carrying every label pair given; 0 when absent.
+async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (code, text) = admin_request(admin, "GET", "/metrics", None).await;
+    assert_eq!(code, 200);
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_follows_dns_answers_and_ttls_and_keeps_the_last_good_set_on_failure() {
+    let (port, _upstreams) = upstreams(&["two", "three", "four"]).await;
+    let zone = zone(Mode::Answer, &["127.0.0.2"], 1);
+    let dns = dns_server(Arc::clone(&zone)).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let relay = RelayProcess::start(&dns_config(
+        admin,
+        listen,
+        dns,
+        port,
+        "dns_max_ttl = \"10s\"\ndns_hold = \"3s\"",
+    ));
+    let started = Instant::now();
+    let two = format!("127.0.0.2:{port}");
+    wait_status(admin, Duration::from_secs(5), "resolved", |s| {
+        up_addresses(s) == [two.clone()]
+    })
+    .await;
+    assert_eq!(try_which(listen).await.unwrap().1, "two");
+    let status = get_status(admin).await;
+    assert_eq!(
+        dns_json(&status)["addresses"],
+        serde_json::json!(["127.0.0.2"])
+    );
+    assert_eq!(dns_json(&status)["ttl_secs"], 1);
+
+    // A new answer: the pool follows within the TTL (1 s) plus slack; the old address goes.
+    set_zone(&zone, Mode::Answer, &["127.0.0.3", "127.0.0.4"], 1);
+    let expected = vec![format!("127.0.0.3:{port}"), format!("127.0.0.4:{port}")];
+    let took = wait_status(admin, Duration::from_secs(5), "following", |s| {
+        up_addresses(s) == expected && servers_json(s, "p", "svc").len() == 2
+    })
+    .await;
+    assert!(
+        took < Duration::from_millis(1700),
+        "followed after {took:?}"
+    );
+    for _ in 0..10 {
+        let name = try_which(listen).await.unwrap().1;
+        assert!(name == "three" || name == "four", "{name}");
+    }
+    // TTL 1 s honoured: about one A query a second, not one per dns_min_ttl (200 ms).
+    let queries = zone.lock().unwrap().a_queries as f64;
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        queries >= 2.0 && queries <= secs + 2.0,
+        "{queries} A queries in {secs:.1}s"
+    );
+
+    // SERVFAIL: the last good set stays and keeps serving.
+    set_zone(&zone, Mode::ServFail, &[], 1);
+    wait_status(admin, Duration::from_secs(3), "servfail", |s| {
+        dns_json(s)["last_result"] == "servfail"
+    })
+    .await;
+    let status = get_status(admin).await;
+    assert_eq!(up_addresses(&status), expected, "{status}");
+    assert_eq!(
+        dns_json(&status)["addresses"],
+        serde_json::json!(["127.0.0.3", "127.0.0.4"])
+    );
+    assert!(try_which(listen).await.is_some());
+    assert!(
+        metric(
+            admin,
+            "l4relay_dns_resolutions_total",
+            &[("result", "servfail")]
+        )
+        .await
+            >= 1.0
+    );
+
+    // No answer at all: likewise, until dns_hold (3 s) has passed.
+    set_zone(&zone, Mode::Silent, &[], 1);
+    wait_status(admin, Duration::from_secs(3), "timing out", |s| {
+        dns_json(s)["last_result"] == "timeout"
+    })
+    .await;
+    let status = get_status(admin).await;
+    assert_eq!(up_addresses(&status), expected, "{status}");
+    assert!(try_which(listen).await.is_some());
+
+    wait_status(
+        admin,
+        Duration::from_secs(5),
+        "dropped after dns_hold",
+        |s| servers_json(s, "p", "svc").is_empty(),
+    )
+    .await;
+    assert!(try_which(listen).await.is_none(), "nothing left: refused");
+    assert!(relay.stderr().contains("failing for longer than dns_hold"));
+
+    // Answers again: back in service.
+    set_zone(&zone, Mode::Answer, &["127.0.0.2"], 1);
+    wait_status(admin, Duration::from_secs(5), "resolved again", |s| {
+        up_addresses(s) == [two.clone()]
+    })
+    .await;
+    assert_eq!(try_which(listen).await.unwrap().1, "two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_private_never_connects_to_a_public_answer() {
+    let (port, _upstreams) = upstreams(&["two"]).await;
+    // Silent at first: starting must not wait for DNS.
+    let zone = zone(Mode::Silent, &[], 1);
+    let dns = dns_server(Arc::clone(&zone)).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let started = Instant::now();
+    let mut relay = RelayProcess::start(&dns_config(
+        admin,
+        listen,
+        dns,
+        port,
+        "require_private = true",
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "start took {:?}",
+        started.elapsed()
+    );
+
+    // The name resolves to a public address, as when a private DNS zone is missing.
+    set_zone(&zone, Mode::Answer, &["8.8.8.8"], 1);
+    wait_status(admin, Duration::from_secs(5), "refusing", |s| {
+        dns_json(s)["refused"] == serde_json::json!(["8.8.8.8"])
+    })
+    .await;
+    let status = get_status(admin).await;
+    let error = dns_json(&status)["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.starts_with("public address refused: private DNS zone missing?"),
+        "{status}"
+    );
+    assert!(servers_json(&status, "p", "svc").is_empty(), "{status}");
+    // A client is refused at once: the relay never connects to the public address.
+    let refused_at = Instant::now();
+    assert!(try_which(listen).await.is_none());
+    assert!(refused_at.elapsed() < Duration::from_secs(1));
+    let (_, metrics) = admin_request(admin, "GET", "/metrics", None).await;
+    for line in metrics.lines().filter(|l| l.contains("server=\"svc\"")) {
+        if line.starts_with("l4relay_upstream_connections_total")
+            || line.starts_with("l4relay_health_checks_total")
+        {
+            assert!(
+                line.ends_with(" 0"),
+                "an attempt on the public address: {line}"
+            );
+        }
+    }
+    assert!(
+        metric(
+            admin,
+            "l4relay_dns_resolutions_total",
+            &[("result", "public_refused")]
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        relay.stderr().contains("public address refused"),
+        "{}",
+        relay.stderr()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || relay
+            .access_log()
+            .contains("end=no_server"))
+        .await
+    );
+
+    // Mixed: the private address serves, the public one stays refused.
+    set_zone(&zone, Mode::Answer, &["8.8.8.8", "127.0.0.2"], 1);
+    let two = format!("127.0.0.2:{port}");
+    wait_status(
+        admin,
+        Duration::from_secs(5),
+        "serving the private address",
+        |s| up_addresses(s) == [two.clone()],
+    )
+    .await;
+    assert_eq!(try_which(listen).await.unwrap().1, "two");
+    let status = get_status(admin).await;
+    assert_eq!(dns_json(&status)["refused"], serde_json::json!(["8.8.8.8"]));
+    assert_eq!(servers_json(&status, "p", "svc").len(), 1);
+
+    // A reload keeps the answer and the address's state: still up at once, no new lookup
+    // needed first.
+    relay.signal("HUP");
+    relay.wait_for_stderr("reload: done", Duration::from_secs(10));
+    let status = get_status(admin).await;
+    assert_eq!(up_addresses(&status), [two], "{status}");
+    assert_eq!(try_which(listen).await.unwrap().1, "two");
+}

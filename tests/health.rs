@@ -1,0 +1,969 @@
+//! End-to-end upstream health: active checks (tcp, http, tls) flipping servers down and up in
+//! bounded time, passive detection, backups, slow start, operator drain through the admin API,
+//! `on_down = "close"`, and health state surviving a reload. The built binary runs against
+//! upstreams on loopback; every wait polls /status with a deadline.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// One listener on pool "p" with `servers` (name, address, extra lines), the admin listener
+/// with a POST token, and `[pool.health]` when `health` is not empty.
+fn relay_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    pool_extra: &str,
+    health: &str,
+    servers: &[(&str, SocketAddr, &str)],
+) -> String {
+    let mut text = format!(
+        "[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n{pool_extra}\n"
+    );
+    if !health.is_empty() {
+        text.push_str(&format!("  [pool.health]\n{health}\n"));
+    }
+    for (name, addr, extra) in servers {
+        text.push_str(&format!(
+            "  [[pool.server]]\n  name = \"{name}\"\n  address = \"{addr}\"\n{extra}\n"
+        ));
+    }
+    text
+}
+
+// ---- support shared by tests/health.rs and tests/dns.rs (each keeps its own copy) ----
+
+/// An upstream that announces its name then echoes, and can be stopped (its port then
+/// refuses connections) and started again on the same address.
+struct Upstream {
+    addr: SocketAddr,
+    name: &'static str,
+    accepted: Accepted,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Upstream {
+    async fn start(name: &'static str) -> Upstream {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    async fn start_at(addr: SocketAddr, name: &'static str) -> Upstream {
+        let listener = bind_reusable(addr);
+        let upstream = Upstream {
+            addr: listener.local_addr().unwrap(),
+            name,
+            accepted: Accepted::default(),
+            task: std::sync::Mutex::new(None),
+        };
+        upstream.serve(listener);
+        upstream
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (name, count) = (self.name, self.accepted.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.0.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if stream
+                        .write_all(format!("{name}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Closes the listening socket: new connections are refused; open ones go on.
+    async fn stop(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    fn restart(&self) {
+        self.serve(bind_reusable(self.addr));
+    }
+}
+
+fn bind_reusable(addr: SocketAddr) -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    socket.listen(1024).unwrap()
+}
+
+/// Connects through the relay and reads the name the server announces; None when the relay
+/// closes the connection instead.
+async fn try_which(relay: SocketAddr) -> Option<(TcpStream, String)> {
+    let mut stream = TcpStream::connect(relay).await.ok()?;
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if byte[0] == b'\n' {
+            return Some((stream, String::from_utf8(name).unwrap()));
+        }
+        name.push(byte[0]);
+    }
+}
+
+/// One HTTP/1.1 request to the admin listener: (status, body).
+async fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(admin).await.expect("connect to admin");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+async fn get_status(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = admin_request(admin, "GET", "/status", None).await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn pool_json<'a>(status: &'a serde_json::Value, pool: &str) -> &'a serde_json::Value {
+    status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pool)
+        .unwrap_or_else(|| panic!("no pool {pool} in {status}"))
+}
+
+/// The /status entries of a pool's server (one per address), in order.
+fn servers_json(status: &serde_json::Value, pool: &str, server: &str) -> Vec<serde_json::Value> {
+    pool_json(status, pool)["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == server)
+        .cloned()
+        .collect()
+}
+
+async fn server_state(admin: SocketAddr, pool: &str, server: &str) -> String {
+    let status = get_status(admin).await;
+    servers_json(&status, pool, server)
+        .first()
+        .map_or("absent".to_string(), |s| {
+            s["state"].as_str().unwrap_or("").to_string()
+        })
+}
+
+/// Polls /status until the server's first address is in `state`; returns how long it took.
+async fn wait_state(
+    admin: SocketAddr,
+    pool: &str,
+    server: &str,
+    state: &str,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if server_state(admin, pool, server).await == state {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{pool}/{server} not {state} within {limit:?}: {}",
+            get_status(admin).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of the metric line `name{...}` carrying every label pair given; 0 when absent.
+async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (code, text) = admin_request(admin, "GET", "/metrics", None).await;
+    assert_eq!(code, 200);
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Down within interval × fall, up within interval × rise, each plus this much for scheduling
+/// on a busy machine (jitter, the fast interval and check time are inside the products).
+const SLACK: Duration = Duration::from_millis(700);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_goes_down_within_fall_checks_and_back_up_within_rise() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let health = "check = \"tcp\"\ninterval = \"200ms\"\nfast_interval = \"100ms\"\njitter = \"20ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\npassive_fall = 0";
+    let relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "",
+        health,
+        &[("a", a.addr, ""), ("b", b.addr, "")],
+    ));
+    wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
+    wait_state(admin, "p", "b", "up", Duration::from_secs(5)).await;
+
+    a.stop().await;
+    let down_after = wait_state(admin, "p", "a", "down", Duration::from_secs(10)).await;
+    assert!(
+        down_after <= Duration::from_millis(600) + SLACK,
+        "down after {down_after:?}"
+    );
+    let status = get_status(admin).await;
+    assert_eq!(
+        servers_json(&status, "p", "a")[0]["reason"],
+        "connection refused",
+        "{status}"
+    );
+
+    // Back, but not up until `rise` checks passed: until /status says up, no client may
+    // reach it.
+    a.restart();
+    let restarted = Instant::now();
+    let mut up_after = None;
+    let mut reached_a = 0;
+    for _ in 0..2000 {
+        let (_stream, name) = try_which(listen).await.expect("b serves");
+        let state_after = server_state(admin, "p", "a").await;
+        if name == "a" {
+            assert_eq!(state_after, "up", "a client reached a while it was down");
+            reached_a += 1;
+        }
+        if state_after == "up" && up_after.is_none() {
+            up_after = Some(restarted.elapsed());
+        }
+        if reached_a >= 3 {
+            break;
+        }
+    }
+    let up_after = up_after.expect("a came back up");
+    assert!(
+        up_after <= Duration::from_millis(400) + SLACK,
+        "up after {up_after:?}"
+    );
+    assert_eq!(reached_a, 3, "clients go to a again once it is up");
+    assert!(relay.stderr().contains("server down"), "{}", relay.stderr());
+    assert_eq!(
+        metric(
+            admin,
+            "l4relay_server_state",
+            &[("server", "a"), ("state", "up")]
+        )
+        .await,
+        1.0
+    );
+    assert!(
+        metric(
+            admin,
+            "l4relay_health_checks_total",
+            &[("server", "a"), ("result", "refused")]
+        )
+        .await
+            >= 3.0
+    );
+}
+
+/// An HTTP server answering every request, after `delay`, with the status in `code`; records
+/// request heads.
+async fn http_upstream(
+    code: Arc<AtomicU16>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+    delay: Duration,
+) -> SocketAddr {
+    let listener = upstream_listener();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (code, heads) = (Arc::clone(&code), Arc::clone(&heads));
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                heads
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                tokio::time::sleep(delay).await;
+                let code = code.load(Ordering::SeqCst);
+                let response = format!(
+                    "HTTP/1.1 {code} Whatever\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_checks_accept_configured_statuses_and_show_the_firewall_reason() {
+    let code = Arc::new(AtomicU16::new(401));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server = http_upstream(Arc::clone(&code), Arc::clone(&heads), Duration::ZERO).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let health = "check = \"http\"\npath = \"/openai/models\"\nhost = \"myres.openai.azure.com\"\nstatuses = [\"401\"]\nfirewall_statuses = [\"403\"]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1";
+    let _relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "",
+        health,
+        &[("aoai", server, "")],
+    ));
+    wait_state(admin, "p", "aoai", "up", Duration::from_secs(5)).await;
+    {
+        let heads = heads.lock().unwrap();
+        assert!(
+            heads[0].starts_with("GET /openai/models HTTP/1.1\r\n")
+                && heads[0].contains("\r\nHost: myres.openai.azure.com\r\n"),
+            "{heads:?}"
+        );
+    }
+
+    let reason = |status: serde_json::Value| {
+        servers_json(&status, "p", "aoai")[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    code.store(503, Ordering::SeqCst);
+    wait_state(admin, "p", "aoai", "down", Duration::from_secs(5)).await;
+    assert_eq!(
+        reason(get_status(admin).await),
+        "HTTP status 503 (expected 401)"
+    );
+
+    code.store(403, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = get_status(admin).await;
+        let shown = reason(status.clone());
+        if shown.contains("refused by upstream firewall") {
+            assert_eq!(servers_json(&status, "p", "aoai")[0]["state"], "down");
+            assert_eq!(
+                shown,
+                "refused by upstream firewall: HTTP 403 (egress not allowlisted?)"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no firewall reason: {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        metric(
+            admin,
+            "l4relay_health_checks_total",
+            &[("server", "aoai"), ("result", "firewall")]
+        )
+        .await
+            >= 1.0
+    );
+
+    // 200 is a fine status, but not one this check accepts.
+    code.store(200, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !reason(get_status(admin).await).starts_with("HTTP status 200") {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    code.store(401, Ordering::SeqCst);
+    wait_state(admin, "p", "aoai", "up", Duration::from_secs(5)).await;
+    // With the check up, a client gets through to it.
+    let mut client = TcpStream::connect(listen).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_arriving_before_the_first_check_has_answered_waits_for_it() {
+    // The check's answer takes 300 ms: a client connecting as soon as the relay runs finds
+    // its only server still unknown.
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server = http_upstream(
+        Arc::new(AtomicU16::new(200)),
+        Arc::clone(&heads),
+        Duration::from_millis(300),
+    )
+    .await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let health = "check = \"http\"\ninterval = \"5s\"\ntimeout = \"2s\"";
+    let started = Instant::now();
+    let relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "",
+        health,
+        &[("web", server, "")],
+    ));
+    let mut client = TcpStream::connect(listen).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "refused instead of waiting: {answer:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    drop(client);
+    let log = relay.wait_for_log_lines(1, Duration::from_secs(5)).await;
+    assert!(log[0].contains("server=web"), "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_send_a_proxy_v2_local_header_when_the_pool_sends_proxy_headers() {
+    let listener = upstream_listener();
+    let server = listener.local_addr().unwrap();
+    let (admin, listen) = (free_addr(), free_addr());
+    let _relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "send_proxy = \"v2\"",
+        "check = \"tcp\"\ninterval = \"100ms\"",
+        &[("s", server, "")],
+    ));
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .expect("a check connected")
+        .unwrap();
+    let mut header = [0u8; 16];
+    stream.read_exact(&mut header).await.unwrap();
+    assert_eq!(&header[..12], b"\r\n\r\n\0\r\nQUIT\n", "the v2 signature");
+    assert_eq!(
+        header[12], 0x20,
+        "LOCAL: a health check, not a relayed client"
+    );
+}
+
+/// A listening socket that never accepts, with its accept queue full: connects to it time out,
+/// like a host that silently drops packets.
+async fn blackhole() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(1).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..20 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            _ => return (addr, socket, queued),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_detection_marks_a_blackholed_server_down_before_its_next_check() {
+    let (hole, _socket, _queued) = blackhole().await;
+    let b = Upstream::start("b").await;
+    let (admin, listen) = (free_addr(), free_addr());
+    // Checks every 10 s: far longer than the test; only live traffic can notice in time.
+    let health = "check = \"tcp\"\ninterval = \"10s\"\ntimeout = \"300ms\"\nrise = 1\nfall = 3\ninit_state = \"up\"\npassive_fall = 3";
+    let relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "connect_timeout = \"200ms\"\nretries = 1",
+        health,
+        &[("hole", hole, ""), ("b", b.addr, "")],
+    ));
+    assert_eq!(server_state(admin, "p", "hole").await, "up");
+
+    let started = Instant::now();
+    let mut clients = 0;
+    while server_state(admin, "p", "hole").await != "down" {
+        let (_stream, name) = try_which(listen).await.expect("retried on b");
+        assert_eq!(name, "b");
+        clients += 1;
+        assert!(clients <= 10, "still up after {clients} clients");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let status = get_status(admin).await;
+    let reason = servers_json(&status, "p", "hole")[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("3 connects in a row failed in live traffic (last: timeout)"),
+        "{reason}"
+    );
+    // Once down it gets no more attempts: new clients go straight to b.
+    let timeouts = metric(
+        admin,
+        "l4relay_upstream_connections_total",
+        &[("server", "hole"), ("result", "timeout")],
+    )
+    .await;
+    assert_eq!(timeouts, 3.0);
+    for _ in 0..5 {
+        let (_stream, name) = try_which(listen).await.unwrap();
+        assert_eq!(name, "b");
+    }
+    let timeouts_after = metric(
+        admin,
+        "l4relay_upstream_connections_total",
+        &[("server", "hole"), ("result", "timeout")],
+    )
+    .await;
+    assert_eq!(timeouts_after, 3.0, "a down server got connect attempts");
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_take_over_when_the_primaries_are_down_and_give_back() {
+    let primary = Upstream::start("primary").await;
+    let backup = Upstream::start("backup").await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let health = "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\npassive_fall = 0";
+    let relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "",
+        health,
+        &[
+            ("primary", primary.addr, ""),
+            ("backup", backup.addr, "  backup = true"),
+        ],
+    ));
+    wait_state(admin, "p", "primary", "up", Duration::from_secs(5)).await;
+    wait_state(admin, "p", "backup", "up", Duration::from_secs(5)).await;
+    for _ in 0..5 {
+        assert_eq!(try_which(listen).await.unwrap().1, "primary");
+    }
+
+    primary.stop().await;
+    wait_state(admin, "p", "primary", "down", Duration::from_secs(5)).await;
+    for _ in 0..5 {
+        assert_eq!(try_which(listen).await.unwrap().1, "backup");
+    }
+
+    primary.restart();
+    wait_state(admin, "p", "primary", "up", Duration::from_secs(5)).await;
+    for _ in 0..5 {
+        assert_eq!(try_which(listen).await.unwrap().1, "primary");
+    }
+
+    // Nothing up: the client is closed at once, logged and counted.
+    primary.stop().await;
+    backup.stop().await;
+    wait_state(admin, "p", "primary", "down", Duration::from_secs(5)).await;
+    wait_state(admin, "p", "backup", "down", Duration::from_secs(5)).await;
+    let started = Instant::now();
+    assert!(try_which(listen).await.is_none());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let lines = relay.access_log();
+    assert!(
+        eventually(Duration::from_secs(5), || relay
+            .access_log()
+            .contains("end=no_server"))
+        .await,
+        "{lines}"
+    );
+    assert!(
+        metric(
+            admin,
+            "l4relay_connections_total",
+            &[("listener", "test"), ("outcome", "no_server")]
+        )
+        .await
+            >= 1.0
+    );
+    let (code, body) = admin_request(admin, "GET", "/readyz", None).await;
+    assert_eq!(code, 503, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_ramps_the_share_of_a_server_coming_back() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let health = "check = \"tcp\"\ninterval = \"100ms\"\nfast_interval = \"50ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\npassive_fall = 0";
+    let _relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "balance = \"round-robin\"\nslow_start = \"2s\"",
+        health,
+        &[("a", a.addr, ""), ("b", b.addr, "")],
+    ));
+    wait_state(admin, "p", "b", "up", Duration::from_secs(5)).await;
+    wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
+    b.stop().await;
+    wait_state(admin, "p", "b", "down", Duration::from_secs(5)).await;
+    b.restart();
+    wait_state(admin, "p", "b", "up", Duration::from_secs(5)).await;
+    let back = Instant::now();
+
+    // Connections for the 2 s ramp and a little after, timed from b's return.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while back.elapsed() < Duration::from_millis(2600) {
+                let (stream, name) = try_which(listen).await.expect("served");
+                drop(stream);
+                seen.push((back.elapsed(), name));
+            }
+            seen
+        }));
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.extend(task.await.unwrap());
+    }
+    let share = |from: u64, to: u64| {
+        let window: Vec<_> = seen
+            .iter()
+            .filter(|(t, _)| (from..to).contains(&(t.as_millis() as u64)))
+            .collect();
+        assert!(window.len() >= 20, "too few connections in {from}..{to} ms");
+        window.iter().filter(|(_, n)| n == "b").count() as f64 / window.len() as f64
+    };
+    let (early, late, after) = (share(0, 500), share(1300, 1900), share(2150, 2600));
+    // Weight ramps linearly over 2 s: b's round-robin share is w/(1+w), about 0.11 in the
+    // first half second, 0.4 late in the ramp, 0.5 after it.
+    assert!(early < 0.25, "early share {early}");
+    assert!(late > early + 0.1, "late share {late} vs early {early}");
+    assert!((0.4..=0.6).contains(&after), "share after the ramp {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_through_the_admin_stops_new_connections_while_open_ones_finish() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let _relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "",
+        "",
+        &[("a", a.addr, ""), ("b", b.addr, "")],
+    ));
+    let mut held = loop {
+        let (stream, name) = try_which(listen).await.unwrap();
+        if name == "a" {
+            break stream;
+        }
+    };
+
+    let path = "/pools/p/servers/a/drain";
+    assert_eq!(admin_request(admin, "POST", path, None).await.0, 401);
+    assert_eq!(
+        admin_request(admin, "POST", path, Some("wrong-token-0123456789"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(admin_request(admin, "GET", path, Some(TOKEN)).await.0, 405);
+    assert_eq!(
+        admin_request(admin, "POST", "/pools/p/servers/zz/drain", Some(TOKEN))
+            .await
+            .0,
+        404
+    );
+    let (code, body) = admin_request(admin, "POST", path, Some(TOKEN)).await;
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["addresses_changed"], 1);
+
+    let status = get_status(admin).await;
+    let a_status = &servers_json(&status, "p", "a")[0];
+    assert_eq!(a_status["state"], "draining", "{status}");
+    assert_eq!(a_status["active"], 1);
+    for _ in 0..20 {
+        assert_eq!(try_which(listen).await.unwrap().1, "b");
+    }
+    // The open connection to a still works.
+    held.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    held.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"ping");
+
+    let (code, _) = admin_request(admin, "POST", "/pools/p/servers/a/ready", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    let mut reached_a = false;
+    for _ in 0..20 {
+        reached_a |= try_which(listen).await.unwrap().1 == "a";
+    }
+    assert!(reached_a, "ready: a takes connections again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_down_close_closes_the_connections_of_a_server_that_goes_down() {
+    let a = Upstream::start("a").await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let health = "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1";
+    let relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "on_down = \"close\"",
+        health,
+        &[("a", a.addr, "")],
+    ));
+    wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
+    let (mut stream, _) = try_which(listen).await.unwrap();
+    a.stop().await;
+    wait_state(admin, "p", "a", "down", Duration::from_secs(5)).await;
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the relay kept the connection: {closed:?}"
+    );
+    let log = relay.wait_for_log_lines(1, Duration::from_secs(5)).await;
+    assert!(log[0].contains("end=server_down"), "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_servers_health_state() {
+    let a = Upstream::start("a").await;
+    let (admin, listen) = (free_addr(), free_addr());
+    // Slow checks and rise 3: a server the reload forgot would be "unknown" for seconds.
+    let health = "check = \"tcp\"\ninterval = \"2s\"\ntimeout = \"200ms\"\nrise = 3\nfall = 3";
+    let mut relay = RelayProcess::start(&relay_config(
+        admin,
+        listen,
+        "",
+        health,
+        &[("a", a.addr, "")],
+    ));
+    wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
+    let (code, _) = admin_request(admin, "POST", "/pools/p/servers/a/drain", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    relay.signal("HUP");
+    relay.wait_for_stderr("reload: done", Duration::from_secs(10));
+    let status = get_status(admin).await;
+    let a_status = &servers_json(&status, "p", "a")[0];
+    assert_eq!(a_status["state"], "draining", "{status}");
+    assert_eq!(a_status["health"], "up", "{status}");
+    let (code, _) = admin_request(admin, "POST", "/pools/p/servers/a/ready", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    assert_eq!(try_which(listen).await.unwrap().1, "a");
+}
+
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBnDCCAUGgAwIBAgIUKaG7Wtt5ZOb2X3eCw8mkFY5DGgIwCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPbDRyZWxheSB0ZXN0IENBMCAXDTI2MTEyNDAyNDk0M1oYDzIx
+MjYxMDMxMDI0OTQzWjAaMRgwFgYDVQQDDA9sNHJlbGF5IHRlc3QgQ0EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAATr3w/0huE7OEq2VI9BbKQxelI8V/QPHFFFL3vG
+x05pGnNc6rWRV7MBJGRm4m8V0qlVpEq13LlqXrgpXxxe7SIJo2MwYTAdBgNVHQ4E
+FgQU7yfgftZ0DktBdIXCcG9Lim2InikwHwYDVR0jBBgwFoAU7yfgftZ0DktBdIXC
+cG9Lim2InikwDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8BAf8EBAMCAQYwCgYIKoZI
+zj0EAwIDSQAwRgIhANZj7KbC0jstcDPlUJtmi0y68EmWqnzQqi7KWyg8/2H0AiEA
+9hTwofnhAdcAuxY/4U1IrV0RgminzHWFNFS+iGn6/us=
+-----END CERTIFICATE-----
+";
+
+/// For "localhost" and 127.0.0.1, signed by `CA_PEM`, valid until 2126.
+const SERVER_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBwjCCAWigAwIBAgIUKPG/M0BhCbKbgd14iCY9zeO3nWAwCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPbDRyZWxheSB0ZXN0IENBMCAXDTI2MTEyNDAyNDk0M1oYDzIx
+MjYxMDMxMDI0OTQzWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIB
+BggqhkjOPQMBBwNCAASqHgX/z/rePGrjTP6ktVh2JRkygJPtTiz7du57QbOzTgo0
+xJxeHSU6lLI3Gs9RARxK+QYuGDUbn1c4Rpr5eC91o4GPMIGMMBoGA1UdEQQTMBGC
+CWxvY2FsaG9zdIcEfwAAATAJBgNVHRMEAjAAMA4GA1UdDwEB/wQEAwIHgDATBgNV
+HSUEDDAKBggrBgEFBQcDATAdBgNVHQ4EFgQUao2Ya7UaiZp8+A1gKNisCsIaHmEw
+HwYDVR0jBBgwFoAU7yfgftZ0DktBdIXCcG9Lim2InikwCgYIKoZIzj0EAwIDSAAw
+RQIhALyRTjo0FnLePhreZ+TOm2CFPmNA8SMrvcDfj8QHKoMdAiBHPSondon8AVwK
+Y9W6+4YxYUrvvLTerXiw4Ap9+yytNw==
+-----END CERTIFICATE-----
+";
+
+const SERVER_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgbnBW6CofGsWI5VHZ
++KlKGnDA22V0kubsuJr5Py0E4OqhRANCAASqHgX/z/rePGrjTP6ktVh2JRkygJPt
+Tiz7du57QbOzTgo0xJxeHSU6lLI3Gs9RARxK+QYuGDUbn1c4Rpr5eC91
+-----END PRIVATE KEY-----
+";
+
+/// A TLS server with the test certificate; after the handshake it answers an HTTP request,
+/// if one comes, with 401 (as Azure OpenAI answers a keyless one).
+async fn tls_upstream() -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(SERVER_PEM.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(SERVER_KEY.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = upstream_listener();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_checks_verify_the_certificate_and_its_name() {
+    let server = tls_upstream().await;
+    let dir = scratch_dir("tls");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, CA_PEM).unwrap();
+    let ca = ca.display();
+    let (admin, listen) = (free_addr(), free_addr());
+    let check = |sni: &str, extra: &str| {
+        format!("  [pool.health]\n  check = \"tls\"\n  sni = \"{sni}\"\n  interval = \"100ms\"\n  timeout = \"1s\"\n  rise = 1\n  fall = 1\n{extra}\n  [[pool.server]]\n  name = \"tls\"\n  address = \"{server}\"\n")
+    };
+    let mut config = relay_config(admin, listen, "", "", &[]);
+    config.push_str(&check("localhost", &format!("  ca_file = \"{ca}\"")));
+    for (pool, body) in [
+        ("wrong-name", check("other.example", &format!("  ca_file = \"{ca}\""))),
+        ("system-roots", check("localhost", "")),
+        ("unverified", check("other.example", "  verify = false")),
+        (
+            "https",
+            format!("  [pool.health]\n  check = \"http\"\n  tls = true\n  sni = \"localhost\"\n  ca_file = \"{ca}\"\n  statuses = [\"401\"]\n  interval = \"100ms\"\n  timeout = \"1s\"\n  rise = 1\n  fall = 1\n  [[pool.server]]\n  name = \"tls\"\n  address = \"{server}\"\n"),
+        ),
+    ] {
+        config.push_str(&format!("\n[[pool]]\nname = \"{pool}\"\n{body}"));
+    }
+    let _relay = RelayProcess::start(&config);
+    wait_state(admin, "p", "tls", "up", Duration::from_secs(5)).await;
+    wait_state(admin, "https", "tls", "up", Duration::from_secs(5)).await;
+    wait_state(admin, "unverified", "tls", "up", Duration::from_secs(5)).await;
+    wait_state(admin, "wrong-name", "tls", "down", Duration::from_secs(5)).await;
+    wait_state(admin, "system-roots", "tls", "down", Duration::from_secs(5)).await;
+    let status = get_status(admin).await;
+    let reason = |pool: &str| {
+        servers_json(&status, pool, "tls")[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        reason("wrong-name")
+            .starts_with("TLS: invalid peer certificate: certificate not valid for name"),
+        "{}",
+        reason("wrong-name")
+    );
+    assert!(
+        reason("system-roots").starts_with("TLS: "),
+        "{}",
+        reason("system-roots")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn check_warns_about_unverified_tls_checks() {
+    let dir = scratch_dir("check");
+    let path = dir.join("l4relay.toml");
+    let text = relay_config(
+        free_addr(),
+        free_addr(),
+        "",
+        "check = \"tls\"\nverify = false",
+        &[("x", "127.0.0.1:9".parse().unwrap(), "")],
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("verify = false"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
