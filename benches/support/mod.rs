@@ -135,7 +135,7 @@ pub fn haproxy(upstream: u16, dir: &Path, splice: bool) -> (Proc, u16) {
     std::fs::write(
         &config,
         format!(
-            "global\n    nbthread 1\n    maxconn 100000\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 60s\n    timeout server 60s\n\
+            "global\n    nbthread 1\n    maxconn 5000\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 60s\n    timeout server 60s\n\
              listen bench\n    bind 127.0.0.1:{port}\n    backlog 4096\n{splice_opts}    server s1 127.0.0.1:{upstream}\n"
         ),
     )

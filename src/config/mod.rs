@@ -531,7 +531,7 @@ fn read_global(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Global {
     );
     let log_skip_empty = s.bool(diag, "log_skip_empty", false);
     let relay = s.choice(diag, "relay", RELAY_MODES, RelayMode::Auto);
-    let pipe_size = bounded_size(s, diag, "pipe_size", 64 << 10, 4 << 10, 16 << 20);
+    let pipe_size = bounded_size(s, diag, "pipe_size", 256 << 10, 4 << 10, 16 << 20);
     let buffer_size = bounded_size(s, diag, "buffer_size", 64 << 10, 1 << 10, 16 << 20);
     Global {
         max_connections,

@@ -20,6 +20,8 @@ pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     capacity: usize,
+    /// The size asked for; the pool matches on it, since the kernel may grant less.
+    requested: usize,
 }
 
 impl Pipe {
@@ -47,6 +49,7 @@ impl Pipe {
             read,
             write,
             capacity,
+            requested: size,
         })
     }
 
@@ -97,7 +100,7 @@ pub fn take(size: usize) -> io::Result<Pipe> {
         loop {
             match pool.pop() {
                 // A pool filled under another pipe_size (before a reload) drains naturally.
-                Some(pipe) if pipe.capacity != size && size != 0 => continue,
+                Some(pipe) if pipe.requested != size => continue,
                 other => return other,
             }
         }
