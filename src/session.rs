@@ -476,6 +476,11 @@ fn finish(
     if end.outcome() == "relayed" {
         metrics.duration.record(record.duration.as_secs_f64());
         metrics.session_bytes.record((to_server + to_client) as f64);
+    } else {
+        // Refusals are boundaries, not the relay path: a registry lookup here is fine, and the
+        // reasons are a fixed set of words (rules, limits, parser errors).
+        let reason = end.detail().unwrap_or(end.as_str());
+        metrics::counter!(telemetry::REFUSALS, "listener" => listener.name.to_string(), "reason" => reason).increment(1);
     }
     shared.access_log.log(record);
 }

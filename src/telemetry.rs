@@ -38,6 +38,7 @@ pub const MAX_FDS: &str = "l4relay_process_max_fds";
 pub const RSS_BYTES: &str = "l4relay_process_resident_memory_bytes";
 pub const CPU_SECONDS: &str = "l4relay_process_cpu_seconds";
 pub const READY: &str = "l4relay_ready";
+pub const REFUSALS: &str = "l4relay_refusals_total";
 pub const DRAINING: &str = "l4relay_draining";
 pub const SERVER_STATE: &str = "l4relay_server_state";
 pub const HEALTH_CHECKS: &str = "l4relay_health_checks_total";
@@ -186,6 +187,10 @@ fn describe() {
         "User and system CPU time used so far (use rate())."
     );
     describe_gauge!(READY, "1 when /readyz answers 200.");
+    describe_counter!(
+        REFUSALS,
+        "Connections not relayed, by reason: the rule, limit or PROXY header error, handshake_timeout, no_server, connect_failed."
+    );
     describe_gauge!(
         DRAINING,
         "1 from SIGTERM until exit (readiness is then 0 on purpose)."

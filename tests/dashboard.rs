@@ -333,16 +333,23 @@ async fn every_metric_on_the_dashboard_is_exported_by_the_relay() {
     // reload (config_reloads_total appears only then).
     let (server, _) = echo_server().await;
     let (listen, admin) = (free_addr(), free_addr());
-    let config = config(listen, &[server], "", "")
+    // A client from 127.0.0.2 is denied, so refusals by reason are exported too.
+    let config = config(listen, &[server], "deny = [\"127.0.0.2/32\"]", "")
         .replace("listen = \"off\"", &format!("listen = \"{admin}\""));
     let mut relay = RelayProcess::start(&config);
+    let denied = tokio::net::TcpSocket::new_v4().unwrap();
+    denied.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    if let Ok(mut refused) = denied.connect(listen).await {
+        let mut buf = [0u8; 1];
+        let _ = refused.read(&mut buf).await;
+    }
     let mut stream = TcpStream::connect(listen).await.unwrap();
     stream.write_all(b"hello").await.unwrap();
     stream.shutdown().await.unwrap();
     let mut echoed = Vec::new();
     stream.read_to_end(&mut echoed).await.unwrap();
     assert_eq!(echoed, b"hello");
-    relay.wait_for_log_lines(1, Duration::from_secs(5)).await;
+    relay.wait_for_log_lines(2, Duration::from_secs(5)).await;
     relay.signal("HUP");
     relay.wait_for_stderr("reload: done", Duration::from_secs(5));
 

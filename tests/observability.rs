@@ -170,6 +170,17 @@ async fn counters_equal_exactly_what_happened() {
         sample(&m, r#"l4relay_server_up{pool="live",server="echo"}"#),
         1.0
     );
+    assert_eq!(
+        sample(&m, r#"l4relay_refusals_total{listener="a",reason="deny"}"#),
+        K as f64
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"l4relay_refusals_total{listener="b",reason="connect_failed"}"#
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
