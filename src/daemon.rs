@@ -232,6 +232,17 @@ impl Daemon {
 
     /// Binds the admin (and health) listeners and serves them on this, the control, thread.
     fn start_admin(&self, prometheus: Option<PrometheusHandle>) -> Result<(), String> {
+        if let Some(handle) = prometheus.clone() {
+            // The exporter keeps histogram samples until upkeep folds them into buckets; without
+            // it, memory would grow with every connection while nobody scrapes.
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    handle.run_upkeep();
+                }
+            });
+        }
         let admin = Arc::new(Admin {
             shared: Arc::clone(&self.shared),
             prometheus,
