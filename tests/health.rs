@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -37,151 +37,6 @@ fn relay_config(
         ));
     }
     text
-}
-
-// ---- support shared by tests/health.rs and tests/dns.rs (each keeps its own copy) ----
-
-/// An upstream that announces its name then echoes, and can be stopped (its port then
-/// refuses connections) and started again on the same address.
-struct Upstream {
-    addr: SocketAddr,
-    name: &'static str,
-    accepted: Accepted,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Upstream {
-    async fn start(name: &'static str) -> Upstream {
-        Self::start_at("127.0.0.1:0".parse().unwrap(), name).await
-    }
-
-    async fn start_at(addr: SocketAddr, name: &'static str) -> Upstream {
-        let listener = bind_reusable(addr);
-        let upstream = Upstream {
-            addr: listener.local_addr().unwrap(),
-            name,
-            accepted: Accepted::default(),
-            task: std::sync::Mutex::new(None),
-        };
-        upstream.serve(listener);
-        upstream
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let (name, count) = (self.name, self.accepted.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                count.0.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if stream
-                        .write_all(format!("{name}\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let (mut r, mut w) = stream.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                    let _ = w.shutdown().await;
-                });
-            }
-        });
-        *self.task.lock().unwrap() = Some(task);
-    }
-
-    /// Closes the listening socket: new connections are refused; open ones go on.
-    async fn stop(&self) {
-        let task = self.task.lock().unwrap().take();
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-
-    fn restart(&self) {
-        self.serve(bind_reusable(self.addr));
-    }
-}
-
-fn bind_reusable(addr: SocketAddr) -> TcpListener {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(addr).unwrap();
-    socket.listen(1024).unwrap()
-}
-
-/// Connects through the relay and reads the name the server announces; None when the relay
-/// closes the connection instead.
-async fn try_which(relay: SocketAddr) -> Option<(TcpStream, String)> {
-    let mut stream = TcpStream::connect(relay).await.ok()?;
-    let mut name = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
-            .await
-            .expect("an answer in time")
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        if byte[0] == b'\n' {
-            return Some((stream, String::from_utf8(name).unwrap()));
-        }
-        name.push(byte[0]);
-    }
-}
-
-/// One HTTP/1.1 request to the admin listener: (status, body).
-async fn admin_request(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(admin).await.expect("connect to admin");
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
-}
-
-async fn get_status(admin: SocketAddr) -> serde_json::Value {
-    let (code, body) = admin_request(admin, "GET", "/status", None).await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-fn pool_json<'a>(status: &'a serde_json::Value, pool: &str) -> &'a serde_json::Value {
-    status["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pool)
-        .unwrap_or_else(|| panic!("no pool {pool} in {status}"))
-}
-
-/// The /status entries of a pool's server (one per address), in order.
-fn servers_json(status: &serde_json::Value, pool: &str, server: &str) -> Vec<serde_json::Value> {
-    pool_json(status, pool)["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["name"] == server)
-        .cloned()
-        .collect()
 }
 
 async fn server_state(admin: SocketAddr, pool: &str, server: &str) -> String {
@@ -213,22 +68,6 @@ async fn wait_state(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// The value of the metric line `name{...}` carrying every label pair given; 0 when absent.
-async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (code, text) = admin_request(admin, "GET", "/metrics", None).await;
-    assert_eq!(code, 200);
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Down within interval × fall, up within interval × rise, each plus this much for scheduling
