@@ -446,6 +446,7 @@ async fn backups_take_over_when_the_primaries_are_down_and_give_back() {
     for _ in 0..5 {
         assert_eq!(try_which(listen).await.unwrap().1, "primary");
     }
+    assert_eq!(admin_request(admin, "GET", "/readyz", None).await.0, 200);
 
     // Nothing up: the client is closed at once, logged and counted.
     primary.stop().await;
@@ -478,6 +479,12 @@ async fn backups_take_over_when_the_primaries_are_down_and_give_back() {
     );
     let (code, body) = admin_request(admin, "GET", "/readyz", None).await;
     assert_eq!(code, 503, "{body}");
+
+    // One server back: ready again.
+    backup.restart();
+    wait_state(admin, "p", "backup", "up", Duration::from_secs(5)).await;
+    let (code, body) = admin_request(admin, "GET", "/readyz", None).await;
+    assert_eq!(code, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
