@@ -5,6 +5,7 @@
 //! namespace ("@name"), which std supports directly.
 
 use std::io;
+#[cfg(target_os = "linux")]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
@@ -18,7 +19,13 @@ impl Notifier {
         let target = std::env::var_os("NOTIFY_SOCKET").and_then(|path| {
             let path = path.to_string_lossy().into_owned();
             let addr = match path.strip_prefix('@') {
+                #[cfg(target_os = "linux")]
                 Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name.as_bytes()),
+                #[cfg(not(target_os = "linux"))]
+                Some(_) => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "abstract sockets are Linux's",
+                )),
                 None => SocketAddr::from_pathname(&path),
             };
             match (UnixDatagram::unbound(), addr) {

@@ -47,6 +47,13 @@ pub fn bind_listener(
 /// Lets a socket bound to a source IP with port 0 pick its port at connect(2) time, per
 /// destination, instead of at bind(2) time from the one global range: without it, one egress
 /// address runs out of ports after ~28,000 connections in total rather than per server.
+#[cfg(not(target_os = "linux"))]
+pub fn bind_address_no_port(_socket: &Socket) -> io::Result<()> {
+    Ok(())
+}
+
+/// See above: Linux's IP_BIND_ADDRESS_NO_PORT.
+#[cfg(target_os = "linux")]
 pub fn bind_address_no_port(socket: &Socket) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let enable: libc::c_int = 1;

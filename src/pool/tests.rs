@@ -316,14 +316,13 @@ async fn a_client_waits_for_the_first_checks_but_not_longer_than_the_check_timeo
     config.health = Some(health(3));
     let pool = Arc::new(pool_with(config));
     let checker = Arc::clone(&pool);
+    // On this current-thread runtime the check answers exactly when the client has started
+    // waiting (no timing involved): the client must get the server.
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
         let server = Arc::clone(&checker.servers()[0]);
         checker.record_check(&server, Ok(()), Duration::from_millis(1));
     });
-    let started = std::time::Instant::now();
     assert!(pool.pick_or_wait(client(1), &[]).await.is_some());
-    assert!(started.elapsed() < Duration::from_millis(190));
 
     // Nothing ever answers: the wait ends at the check timeout (200ms).
     let mut config = pool_config(Balance::RoundRobin, &[(1, false, None)]);

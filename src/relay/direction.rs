@@ -192,7 +192,8 @@ impl Direction {
                     self.release();
                     match pipe::take(settings.pipe_size) {
                         Ok(pipe) => pipe,
-                        // Out of file descriptors for a pipe: this chunk goes by copy instead.
+                        // No pipe to be had (out of descriptors, or no splice on this platform): this
+                        // chunk goes by copy instead.
                         Err(_) => return self.poll_read_copy(cx, src, settings),
                     }
                 }

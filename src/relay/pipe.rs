@@ -24,7 +24,24 @@ pub struct Pipe {
     requested: usize,
 }
 
+/// splice(2) is Linux's. Elsewhere (or built with `--cfg l4relay_no_splice`, which is how the
+/// copy-only build is tested on Linux) no pipe can be had, and a direction that asks for one
+/// moves that chunk through its copy buffer instead.
+#[cfg(not(all(target_os = "linux", not(l4relay_no_splice))))]
+fn unsupported<T>() -> io::Result<T> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "splice is not available on this platform",
+    ))
+}
+
 impl Pipe {
+    #[cfg(not(all(target_os = "linux", not(l4relay_no_splice))))]
+    fn new(_size: usize) -> io::Result<Pipe> {
+        unsupported()
+    }
+
+    #[cfg(all(target_os = "linux", not(l4relay_no_splice)))]
     fn new(size: usize) -> io::Result<Pipe> {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
@@ -66,8 +83,14 @@ impl Pipe {
     }
 }
 
+#[cfg(not(all(target_os = "linux", not(l4relay_no_splice))))]
+pub fn splice(_from: RawFd, _to: RawFd, _len: usize) -> io::Result<usize> {
+    unsupported()
+}
+
 /// Moves up to `len` bytes from `from` to `to` inside the kernel; one of them must be a pipe.
 /// Never SPLICE_F_MORE: it would hold back the last segment of a response, adding latency.
+#[cfg(all(target_os = "linux", not(l4relay_no_splice)))]
 pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: both descriptors are open for the duration of the call (borrowed from live
     // sockets and pipes); null offsets are valid for non-seekable files.
@@ -131,7 +154,7 @@ pub fn thread_stats() -> (usize, usize) {
     (IN_USE.with(Cell::get), POOL.with(|p| p.borrow().len()))
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux", not(l4relay_no_splice)))]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
