@@ -4,14 +4,16 @@
 //!
 //! ```text
 //! accept (listener) ─▶ access rules ─▶ route ─▶ pool picks a server (pool)
-//!   ─▶ connect, retry another (connect) ─▶ relay both ways (relay: splice | copy)
+//!   ─▶ connect, retry another (connect) ─▶ relay both ways (relay: splice | copy | TLS)
 //!   ─▶ close: one access-log line (access_log)
 //! ```
 //!
 //! `session` walks a connection through those stages top to bottom. Around it: `config` (load,
 //! validate, `check`), `daemon` (workers, signals, drain, reload), `limits`, `notify` (systemd)
 //! and `sockopt`; in the background, per pool, `health` (active checks) and `dns` (re-resolution
-//! by TTL) keep the pool's servers and their states current.
+//! by TTL) keep the pool's servers and their states current. `tls` terminates TLS on listeners
+//! that have certificates (after the PROXY header, before routing) and originates it to pools
+//! that ask for it (after the PROXY header out).
 
 pub mod access_log;
 pub mod admin;
@@ -34,3 +36,4 @@ pub mod session;
 pub mod sni;
 pub mod sockopt;
 pub mod telemetry;
+pub mod tls;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::ListenerConfig;
@@ -79,37 +79,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, shared:
         match accepted {
             Ok((client, peer)) => {
                 backoff.reset();
-                let settings = slot.settings.load_full();
-                let Some(process) = shared.limit.try_acquire() else {
-                    session::refuse(
-                        client,
-                        peer,
-                        &settings,
-                        &shared,
-                        End::RefusedLimit("process"),
-                    );
-                    continue;
-                };
-                let Some(listener) = slot.limit.try_acquire() else {
-                    session::refuse(
-                        client,
-                        peer,
-                        &settings,
-                        &shared,
-                        End::RefusedLimit("listener"),
-                    );
-                    continue;
-                };
-                let limits = slot.client_limits.clone();
-                let session = Session::run(
-                    client,
-                    peer,
-                    settings,
-                    limits,
-                    Arc::clone(&shared),
-                    [process, listener],
-                );
-                tokio::spawn(session);
+                survive_panic(slot.addr, || admit(client, peer, &slot, &shared));
             }
             Err(e) if is_out_of_resources(&e) => {
                 let pause = backoff.next();
@@ -126,6 +96,59 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, shared:
         }
     }
     tracing::debug!(listener = %slot.addr, "accept loop stopped");
+}
+
+/// Admits one accepted connection: the process and listener limits, then its session, spawned
+/// on this thread. Refusals are logged here, in the loop, so they cost no task.
+fn admit(client: TcpStream, peer: SocketAddr, slot: &ListenerSlot, shared: &Arc<Shared>) {
+    let settings = slot.settings.load_full();
+    let Some(process) = shared.limit.try_acquire() else {
+        session::refuse(
+            client,
+            peer,
+            &settings,
+            shared,
+            End::RefusedLimit("process"),
+        );
+        return;
+    };
+    let Some(listener) = slot.limit.try_acquire() else {
+        session::refuse(
+            client,
+            peer,
+            &settings,
+            shared,
+            End::RefusedLimit("listener"),
+        );
+        return;
+    };
+    let limits = slot.client_limits.clone();
+    let session = Session::run(
+        client,
+        peer,
+        settings,
+        limits,
+        Arc::clone(shared),
+        [process, listener],
+    );
+    tokio::spawn(session);
+}
+
+/// Runs `handle` for one accepted connection, catching a panic in it. A panic there is a bug,
+/// but letting it end the accept loop would be worse than the bug: this worker's listening
+/// socket would stay open, and the kernel would keep queueing its SO_REUSEPORT share of new
+/// connections on it, never to be accepted. What `handle` touches is left consistent by
+/// unwinding (permits are released by their Drop, counters are atomics, the settings are
+/// behind an ArcSwap), which is why asserting unwind safety is sound here.
+fn survive_panic(listener: SocketAddr, handle: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(handle)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%listener, "bug: admitting a connection panicked ({what}); accepting goes on");
+    }
 }
 
 fn is_out_of_resources(e: &io::Error) -> bool {
@@ -171,6 +194,31 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_while_admitting_leaves_the_loop_running() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut after = false;
+        survive_panic(addr, || panic!("injected"));
+        survive_panic(addr, || after = true);
+        assert!(after);
+    }
+
+    /// The worker runtimes (current_thread, as in daemon.rs) keep running other tasks, such as
+    /// the accept loops, when one session task panics.
+    #[test]
+    fn a_panicking_session_task_does_not_stop_the_worker() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let session = tokio::spawn(async { panic!("injected session panic") });
+            assert!(session.await.unwrap_err().is_panic());
+            let next = tokio::spawn(async { 42 });
+            assert_eq!(next.await.unwrap(), 42);
+        });
+    }
 
     #[test]
     fn backoff_grows_to_a_ceiling_and_resets() {

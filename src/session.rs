@@ -1,8 +1,9 @@
 //! One client connection's path through the relay, top to bottom:
 //!
 //! ```text
-//! PROXY header ─▶ access rules ─▶ per-client limits ─▶ route (SNI or default pool)
-//!   ─▶ connect (retry another server) ─▶ PROXY header out ─▶ relay both ways ─▶ log
+//! PROXY header ─▶ access rules ─▶ per-client limits ─▶ TLS handshake (listener TLS)
+//!   ─▶ route (SNI or default pool) ─▶ connect (retry another server) ─▶ PROXY header out
+//!   ─▶ TLS handshake (pool TLS) ─▶ relay both ways (splice | copy | buffered TLS) ─▶ log
 //! ```
 //!
 //! Each stage either hands the connection on or ends it with a named `End`, which becomes the
@@ -18,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::access_log::Record;
-use crate::config::{ProxyProtocol, RouteFallback, SendProxy};
+use crate::config::{PoolTls, ProxyProtocol, RouteFallback, SendProxy};
 use crate::connect::{self, ConnectError};
 use crate::daemon::{Phase, Shared};
 use crate::handshake::{self, ClientIdentity, HandshakeError, Hello};
@@ -27,9 +28,11 @@ use crate::listener::ListenerSettings;
 use crate::pool::{Pool, Server};
 use crate::proxy_protocol::{self, Accept};
 use crate::quiet::Quiet;
-use crate::relay::{Ended, Relay, Side};
+use crate::relay::stream::{Pooled, StreamRelay};
+use crate::relay::{Ended, Relay, Running, Side};
 use crate::sockopt;
 use crate::telemetry;
+use crate::tls::{self, Failure, Originated, Terminated};
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +52,16 @@ pub enum End {
     RefusedLimit(&'static str),
     /// A malformed or missing PROXY header; the parser's reason.
     ProxyHeaderError(&'static str),
-    /// The PROXY header or ClientHello did not arrive within `handshake_timeout`.
+    /// The PROXY header, ClientHello or TLS handshake did not complete within
+    /// `handshake_timeout`.
     HandshakeTimeout,
+    /// The client's TLS handshake failed (a listener with TLS); how.
+    TlsHandshakeError(&'static str),
     NoServer,
     ConnectFailed,
+    /// The TLS handshake with the server failed (a pool with TLS); how. Logged and counted as
+    /// `connect_failed`, with the TLS reason as detail.
+    UpstreamTls(&'static str),
     /// Closed by the relay: its server went down (`on_down = "close"`) or left DNS.
     ServerDown,
 }
@@ -72,8 +81,9 @@ impl End {
             End::RefusedLimit(_) => "refused_limit",
             End::ProxyHeaderError(_) => "proxy_header_error",
             End::HandshakeTimeout => "handshake_timeout",
+            End::TlsHandshakeError(_) => "tls_handshake_error",
             End::NoServer => "no_server",
-            End::ConnectFailed => "connect_failed",
+            End::ConnectFailed | End::UpstreamTls(_) => "connect_failed",
             End::ServerDown => "server_down",
         }
     }
@@ -81,9 +91,11 @@ impl End {
     /// The finer reason, for refusals and header errors.
     pub fn detail(self) -> Option<&'static str> {
         match self {
-            End::RefusedRule(why) | End::RefusedLimit(why) | End::ProxyHeaderError(why) => {
-                Some(why)
-            }
+            End::RefusedRule(why)
+            | End::RefusedLimit(why)
+            | End::ProxyHeaderError(why)
+            | End::TlsHandshakeError(why)
+            | End::UpstreamTls(why) => Some(why),
             _ => None,
         }
     }
@@ -95,8 +107,10 @@ impl End {
             | End::RefusedLimit(_)
             | End::ProxyHeaderError(_)
             | End::HandshakeTimeout
+            | End::TlsHandshakeError(_)
             | End::NoServer
-            | End::ConnectFailed => self.as_str(),
+            | End::ConnectFailed
+            | End::UpstreamTls(_) => self.as_str(),
             _ => "relayed",
         }
     }
@@ -180,15 +194,26 @@ impl Session {
             Err(limit) => return refuse_now(&client, End::RefusedLimit(limit)),
         };
 
-        // Route: by the ClientHello's server name where routes are set, else the default pool.
-        // Bytes read to find the name go to the server before anything else.
+        // TLS termination: the handshake, within what is left of the handshake time. The PROXY
+        // header (if any) came first, in the clear.
+        let mut client = match config.tls.as_ref().map(|tls| Arc::clone(&tls.server)) {
+            None => ClientStream::Plain(client),
+            Some(tls) => match self.terminate(client, &tls, handshake_deadline).await {
+                Ok(stream) => ClientStream::Tls(stream),
+                Err(end) => return end,
+            },
+        };
+
+        // Route: by the server name (the TLS handshake's, or the ClientHello's) where routes
+        // are set, else the default pool. Bytes read to find the name go to the server before
+        // anything else.
         let mut first_bytes = Vec::new();
         let pool = match self
             .route(&mut client, &mut first_bytes, handshake_deadline)
             .await
         {
             Ok(pool) => pool,
-            Err(end) => return refuse_now(&client, end),
+            Err(end) => return refuse_now(client.socket(), end),
         };
         self.record.pool = Some(Arc::clone(&pool.name));
 
@@ -198,7 +223,7 @@ impl Session {
             Err(error) => {
                 tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %identity.addr, "{}", describe(&error));
                 return refuse_now(
-                    &client,
+                    client.socket(),
                     match error {
                         ConnectError::NoServer => End::NoServer,
                         ConnectError::Failed { .. } => End::ConnectFailed,
@@ -211,35 +236,155 @@ impl Session {
         self.record.server_addr = Some(server.addr);
         self.record.connect_time = Some(upstream.connect_time);
 
-        // The PROXY header for the server, then what the client already sent.
+        // The PROXY header for the server (always in the clear), then what the client already
+        // sent: in the same write, unless TLS to the server comes between them.
         let mut server_stream = upstream.stream;
+        let originate = pool.config.tls.as_ref();
         let mut preamble = proxy_header_for(&pool, &identity);
-        preamble.extend_from_slice(&first_bytes);
+        if originate.is_none() {
+            preamble.extend_from_slice(&first_bytes);
+        }
         if !preamble.is_empty() {
             if let Err(e) = server_stream.write_all(&preamble).await {
                 tracing::debug!(server = %server.addr, "writing the connection's first bytes: {e}");
-                sockopt::reset_on_close(&SockRef::from(&client));
+                sockopt::reset_on_close(&SockRef::from(client.socket()));
                 return End::ServerReset;
             }
         }
+        let server_stream = match originate {
+            None => ServerStream::Plain(server_stream),
+            Some(tls) => {
+                let mut stream = match self.originate(server_stream, tls, &pool, &server).await {
+                    Ok(stream) => stream,
+                    Err(end) => return refuse_now(client.socket(), end),
+                };
+                if !first_bytes.is_empty() {
+                    let sent = async {
+                        stream.write_all(&first_bytes).await?;
+                        stream.flush().await
+                    };
+                    if let Err(e) = sent.await {
+                        tracing::debug!(server = %server.addr, "writing the connection's first bytes: {e}");
+                        sockopt::reset_on_close(&SockRef::from(client.socket()));
+                        return End::ServerReset;
+                    }
+                }
+                ServerStream::Tls(stream)
+            }
+        };
         self.record.bytes_client_to_server = first_bytes.len() as u64;
         drop((preamble, first_bytes));
 
         // Relay both ways until both sides have ended, the connection idles out, or a drain
-        // reaches its deadline.
-        let mut relay = Relay::new(client, server_stream, self.listener.relay);
-        let end = self.relay_until_end(&mut relay, &server).await;
-        let (to_server, to_client) = relay.bytes();
-        self.record.bytes_client_to_server += to_server;
-        self.record.bytes_server_to_client = to_client;
-        if relay.splice_fallbacks() > 0 {
-            self.listener
-                .metrics
-                .splice_fallbacks
-                .increment(u64::from(relay.splice_fallbacks()));
-        }
+        // reaches its deadline: splice or copy between plain sockets, the buffered relay where
+        // TLS is spoken on either side.
+        let buffer_size = self.listener.relay.buffer_size;
+        let end = match (client, server_stream) {
+            (ClientStream::Plain(client), ServerStream::Plain(server_stream)) => {
+                let mut relay = Relay::new(client, server_stream, self.listener.relay);
+                let end = self.relay_until_end(&mut relay, &server).await;
+                self.record_bytes(relay.bytes());
+                if relay.splice_fallbacks() > 0 {
+                    self.listener
+                        .metrics
+                        .splice_fallbacks
+                        .increment(u64::from(relay.splice_fallbacks()));
+                }
+                end
+            }
+            (ClientStream::Plain(client), ServerStream::Tls(server_stream)) => {
+                let client = Pooled::new(client, buffer_size);
+                let server_stream = Pooled::new(server_stream, buffer_size);
+                let mut relay = StreamRelay::new(client, server_stream);
+                let end = self.relay_until_end(&mut relay, &server).await;
+                self.record_bytes(relay.bytes());
+                end
+            }
+            (ClientStream::Tls(client), ServerStream::Plain(server_stream)) => {
+                let client = Pooled::new(client, buffer_size);
+                let server_stream = Pooled::new(server_stream, buffer_size);
+                let mut relay = StreamRelay::new(client, server_stream);
+                let end = self.relay_until_end(&mut relay, &server).await;
+                self.record_bytes(relay.bytes());
+                end
+            }
+            (ClientStream::Tls(client), ServerStream::Tls(server_stream)) => {
+                let client = Pooled::new(client, buffer_size);
+                let server_stream = Pooled::new(server_stream, buffer_size);
+                let mut relay = StreamRelay::new(client, server_stream);
+                let end = self.relay_until_end(&mut relay, &server).await;
+                self.record_bytes(relay.bytes());
+                end
+            }
+        };
         drop(upstream.lease);
         end
+    }
+
+    /// Completes the client's TLS handshake by `deadline`.
+    async fn terminate(
+        &mut self,
+        client: TcpStream,
+        tls: &Arc<rustls::ServerConfig>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Box<Terminated>, End> {
+        let mut handshake = tls::terminate(tls, client);
+        let error = match tokio::time::timeout_at(deadline, &mut handshake).await {
+            Ok(Ok(stream)) => {
+                self.record.sni = stream.get_ref().1.server_name().map(Box::from);
+                return Ok(Box::new(stream));
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                if let Some(client) = handshake.get_ref() {
+                    sockopt::reset_on_close(&SockRef::from(client));
+                }
+                return Err(End::HandshakeTimeout);
+            }
+        };
+        // No reset here: rustls has sent an alert saying why, which a reset could destroy
+        // before the client reads it.
+        tracing::debug!(listener = %self.listener.name, client = %self.record.client, "TLS handshake: {error}");
+        Err(match Failure::of(&error) {
+            // mTLS: the listener's client-certificate rule refused it.
+            Failure::NoCertificate => End::RefusedRule("client_certificate_missing"),
+            Failure::BadCertificate(_) => End::RefusedRule("client_certificate_invalid"),
+            Failure::Other(why) => End::TlsHandshakeError(why),
+        })
+    }
+
+    /// TLS to the server, within the pool's connect timeout. A failure is logged with its
+    /// reason (an untrusted certificate, a name mismatch, ...) and ends the connection: the
+    /// next server would most likely present the same certificate.
+    async fn originate(
+        &mut self,
+        stream: TcpStream,
+        tls: &PoolTls,
+        pool: &Pool,
+        server: &Server,
+    ) -> Result<Box<Originated>, End> {
+        let name = match tls::server_name(
+            tls.sni.as_deref(),
+            server.host.as_deref(),
+            server.addr.ip(),
+        ) {
+            Ok(name) => name,
+            Err(message) => {
+                tracing::warn!(pool = %pool.name, server = %server.name, "TLS to {}: {message}", server.addr);
+                return Err(End::UpstreamTls("tls_server_name"));
+            }
+        };
+        let handshake = tls::originate(&tls.client, name, stream);
+        let error = match tokio::time::timeout(pool.connect_timeout, handshake).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(error)) => error,
+            Err(_) => {
+                tracing::warn!(pool = %pool.name, server = %server.name, "TLS handshake with {} timed out after {:?}", server.addr, pool.connect_timeout);
+                return Err(End::UpstreamTls("tls_timeout"));
+            }
+        };
+        tracing::warn!(pool = %pool.name, server = %server.name, client = %self.record.client, "TLS handshake with {} failed: {error}", server.addr);
+        Err(End::UpstreamTls(Failure::of(&error).label()))
     }
 
     /// Reads the PROXY header when the listener expects one, within the handshake deadline.
@@ -282,7 +427,7 @@ impl Session {
 
     async fn route(
         &mut self,
-        client: &mut TcpStream,
+        client: &mut ClientStream,
         first_bytes: &mut Vec<u8>,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<Pool>, End> {
@@ -290,6 +435,18 @@ impl Session {
         if config.routes.is_empty() {
             return Ok(Arc::clone(&self.listener.pool));
         }
+        let client = match client {
+            // TLS ended here: the name its handshake saw (already in the record), no peeking.
+            ClientStream::Tls(_) => {
+                let routed = self
+                    .record
+                    .sni
+                    .as_deref()
+                    .and_then(|name| config.routes.find(name));
+                return self.routed_pool(routed);
+            }
+            ClientStream::Plain(client) => client,
+        };
         let hello = match tokio::time::timeout_at(
             deadline,
             handshake::read_client_hello(client, first_bytes),
@@ -309,12 +466,39 @@ impl Session {
             }
             Hello::Tls { server_name: None } | Hello::Other => None,
         };
+        self.routed_pool(routed)
+    }
+
+    /// The pool a route chose, or the listener's fallback.
+    fn routed_pool(&self, routed: Option<usize>) -> Result<Arc<Pool>, End> {
+        let config = &self.listener.config;
         match (routed, config.route_fallback) {
             (Some(index), _) => Ok(Arc::clone(&self.listener.pools[index])),
             (None, RouteFallback::Pool) => Ok(Arc::clone(&self.listener.pool)),
             (None, RouteFallback::Refuse) => Err(End::RefusedRule("no_route")),
         }
     }
+}
+
+/// The client's side of a connection: as accepted, or with TLS terminated here.
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<Terminated>),
+}
+
+impl ClientStream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+/// The server's side: as connected, or with TLS originated here.
+enum ServerStream {
+    Plain(TcpStream),
+    Tls(Box<Originated>),
 }
 
 /// The PROXY header a pool sends its servers: the real client as source, the address it
@@ -344,7 +528,7 @@ impl Session {
     /// Relays until both sides have ended, the connection idles out, a drain reaches its
     /// deadline, or the server's connections must close. A tick checks for idleness and
     /// publishes the byte counts of long sessions.
-    async fn relay_until_end(&mut self, relay: &mut Relay, server: &Server) -> End {
+    async fn relay_until_end(&mut self, relay: &mut impl Running, server: &Server) -> End {
         let (listener, shared) = (Arc::clone(&self.listener), Arc::clone(&self.shared));
         let already_sent = self.record.bytes_client_to_server;
         let idle_timeout = listener.config.idle_timeout;
@@ -385,6 +569,12 @@ impl Session {
                         _ = &mut server_down => return End::ServerDown,
                     }
         }
+    }
+
+    /// Records what a finished relay moved, after the bytes sent before it (the ClientHello).
+    fn record_bytes(&mut self, (to_server, to_client): (u64, u64)) {
+        self.record.bytes_client_to_server += to_server;
+        self.record.bytes_server_to_client = to_client;
     }
 
     /// Adds what moved since the last call to the listener's byte counters.

@@ -12,6 +12,11 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use crate::config::Keepalive;
 
 /// Applies TCP_NODELAY and the keepalive settings to `socket`.
+///
+/// With keepalive on, TCP_USER_TIMEOUT is set to the same bound (idle + interval × count):
+/// keepalive probes are only sent while nothing is unacknowledged, so a peer that vanishes with
+/// data in flight would otherwise be held for the whole retransmission timeout (~15 minutes
+/// with tcp_retries2 = 15). A peer that answers zero-window probes is not affected.
 pub fn configure_stream(socket: &SockRef<'_>, keepalive: &Keepalive) -> io::Result<()> {
     socket.set_tcp_nodelay(true)?;
     match keepalive.idle {
@@ -20,10 +25,16 @@ pub fn configure_stream(socket: &SockRef<'_>, keepalive: &Keepalive) -> io::Resu
                 .with_time(idle)
                 .with_interval(keepalive.interval)
                 .with_retries(keepalive.count);
-            socket.set_tcp_keepalive(&params)
+            socket.set_tcp_keepalive(&params)?;
+            socket.set_tcp_user_timeout(Some(user_timeout(keepalive, idle)))
         }
         None => socket.set_keepalive(false),
     }
+}
+
+/// How long unacknowledged data may wait for an ACK: as long as keepalive takes to give up.
+fn user_timeout(keepalive: &Keepalive, idle: Duration) -> Duration {
+    idle.saturating_add(keepalive.interval.saturating_mul(keepalive.count))
 }
 
 /// Binds a listening socket with SO_REUSEPORT, so each worker thread can own one for the same
@@ -104,7 +115,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepted_sockets_inherit_nodelay_and_keepalive() {
+    fn accepted_sockets_inherit_nodelay_keepalive_and_user_timeout() {
         let keepalive = Keepalive {
             idle: Some(Duration::from_secs(42)),
             interval: Duration::from_secs(7),
@@ -124,5 +135,9 @@ mod tests {
             Duration::from_secs(7)
         );
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), 5);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(42 + 7 * 5))
+        );
     }
 }

@@ -222,7 +222,7 @@ fn describe() {
 
 /// What connections on one listener are counted under.
 pub struct ListenerMetrics {
-    outcomes: [(&'static str, Counter); 7],
+    outcomes: [(&'static str, Counter); OUTCOMES.len()],
     pub active: Gauge,
     pub bytes_client_to_server: Counter,
     pub bytes_server_to_client: Counter,
@@ -234,12 +234,13 @@ pub struct ListenerMetrics {
 }
 
 /// The outcomes of `l4relay_connections_total`, all registered up front so each shows as 0.
-const OUTCOMES: [&str; 7] = [
+const OUTCOMES: [&str; 8] = [
     "relayed",
     "refused_rule",
     "refused_limit",
     "proxy_header_error",
     "handshake_timeout",
+    "tls_handshake_error",
     "no_server",
     "connect_failed",
 ];

@@ -187,3 +187,106 @@ pub fn spread(values: &[f64]) -> (f64, f64) {
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (min, max)
 }
+
+/// Where Debian's nginx keeps its stream module (package libnginx-mod-stream).
+pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// nginx with its stream module (a dynamic module on Debian), or why it can't run.
+pub fn nginx_available() -> Result<(), String> {
+    let installed = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !installed {
+        return Err("nginx is not installed (apt-get install nginx)".into());
+    }
+    if !Path::new(NGINX_STREAM_MODULE).exists() {
+        return Err(format!(
+            "nginx has no stream module at {NGINX_STREAM_MODULE} (apt-get install libnginx-mod-stream)"
+        ));
+    }
+    Ok(())
+}
+
+/// nginx's stream module on CPU 0: one process (no master, so the pid is the one doing the
+/// work), copying both ways, in front of `upstream`.
+pub fn nginx(upstream: u16, dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let config = dir.join(format!("nginx-{port}.conf"));
+    std::fs::write(
+        &config,
+        format!(
+            "load_module {NGINX_STREAM_MODULE};\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
+             worker_rlimit_nofile 20000;\npid {dir}/nginx-{port}.pid;\nerror_log stderr crit;\n\
+             events {{\n    worker_connections 20000;\n}}\n\
+             stream {{\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n\
+                     proxy_connect_timeout 3s;\n        proxy_timeout 60s;\n\
+                     proxy_pass 127.0.0.1:{upstream};\n    }}\n}}\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let child = pinned(0, "nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg("stderr")
+        .arg("-c")
+        .arg(&config)
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+/// Like `l4relay`, with `listener_extra` appended to the `[[listener]]` table and `pool_extra`
+/// to the `[[pool]]` table (before its server), e.g. their `[listener.tls]` / `[pool.tls]`.
+pub fn l4relay_with(
+    upstream: u16,
+    dir: &Path,
+    extra_global: &str,
+    listener_extra: &str,
+    pool_extra: &str,
+) -> (Proc, u16) {
+    let port = free_port();
+    let config = dir.join(format!("l4relay-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\nworkers = 1\nlog_format = \"off\"\n{extra_global}\n[admin]\nlisten = \"off\"\n\n\
+             [[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\nbacklog = 4096\n{listener_extra}\n\n\
+             [[pool]]\nname = \"p\"\n{pool_extra}\n  [[pool.server]]\n  address = \"127.0.0.1:{upstream}\"\n"
+        ),
+    )
+    .unwrap();
+    let child = pinned(0, RELAY)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+/// The bench tool's upstream server on CPU 1, answering over TLS with `cert` and `key`.
+pub fn upstream_tls(mode: &str, cert: &Path, key: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let child = pinned(1, BENCH)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mode",
+            mode,
+        ])
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}

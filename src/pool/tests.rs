@@ -43,6 +43,7 @@ fn pool_config(balance: Balance, servers: &[(u32, bool, Option<u32>)]) -> PoolCo
             require_private: false,
         },
         health: None,
+        tls: None,
     }
 }
 

@@ -8,10 +8,15 @@
 //!
 //! Counting stays in the connection: `bytes()` is read by the session at boundaries (close, a
 //! periodic tick), never published per chunk.
+//!
+//! `Relay` serves two plain sockets; where the relay itself speaks TLS on either side, the
+//! buffered `stream::StreamRelay` does, with the same half-close and reset behaviour. The
+//! session drives either through `Running`.
 
 mod buffer;
 mod direction;
 pub mod pipe;
+pub mod stream;
 
 use std::future::Future;
 use std::io;
@@ -46,6 +51,13 @@ pub enum Ended {
     Closed { first: Side },
     /// `side` failed (reset, broken pipe, ...); the other side was reset in turn.
     Failed { side: Side, error: io::Error },
+}
+
+/// A relay in progress, as the session drives it: a future that ends when the connection does,
+/// and the payload bytes it has moved so far.
+pub trait Running: Future<Output = Ended> + Unpin {
+    /// (client → server, server → client).
+    fn bytes(&self) -> (u64, u64);
 }
 
 pub struct Relay {
@@ -92,6 +104,12 @@ impl Relay {
         };
         self.reset_both();
         Ended::Failed { side, error }
+    }
+}
+
+impl Running for Relay {
+    fn bytes(&self) -> (u64, u64) {
+        Relay::bytes(self)
     }
 }
 

@@ -21,6 +21,7 @@ mod report;
 mod run;
 mod serve;
 mod throughput;
+mod tls;
 mod units;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -52,6 +53,8 @@ Examples:
   l4relay-bench serve --listen 127.0.0.1:9001 --mode echo
   l4relay-bench throughput --target 127.0.0.1:9000 --streams 8 --direction both --pid $(pidof l4relay)
   l4relay-bench rate --target 127.0.0.1:9000 --concurrency 32 --request 100 --reply 100
+  l4relay-bench rate --target 127.0.0.1:8443 --tls --sni relay.example --pid $(pidof l4relay)
+  l4relay-bench serve --listen 127.0.0.1:9443 --mode echo --tls-cert cert.pem --tls-key key.pem
   l4relay-bench latency --target 127.0.0.1:9000 --connections 32 --rate 10000 --json lat.json
   l4relay-bench idle --target 127.0.0.1:9000 --count 20000 --burst 32KiB --pid $(pidof l4relay)";
 
@@ -120,6 +123,25 @@ struct ServeArgs {
     /// Exit after this long [default: until SIGINT/SIGTERM]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Answer over TLS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+/// TLS towards the target, for the modes that support it.
+#[derive(Args, Default)]
+#[command(next_help_heading = "TLS")]
+struct TlsOpts {
+    /// Speak TLS to the target after the PROXY header, if any (rustls; the certificate is not
+    /// verified; no session resumption, so every connection is a full handshake)
+    #[arg(long)]
+    tls: bool,
+    /// Server name to send with --tls [default: none; the target is an address]
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    sni: Option<String>,
 }
 
 /// Options shared by every client mode.
@@ -174,6 +196,8 @@ struct ThroughputArgs {
     chunk: u64,
     #[command(flatten)]
     client: ClientOpts,
+    #[command(flatten)]
+    tls: TlsOpts,
 }
 
 #[derive(Args)]
@@ -198,6 +222,8 @@ struct RateArgs {
     reply: u32,
     #[command(flatten)]
     client: ClientOpts,
+    #[command(flatten)]
+    tls: TlsOpts,
 }
 
 #[derive(Args)]
@@ -321,10 +347,11 @@ pub struct ClientCtx {
     pub target: SocketAddr,
     pub vpce: Option<String>,
     pub proxy_v2: bool,
+    pub tls: bool,
 }
 
 impl ClientCtx {
-    fn new(target: &str, o: ClientOpts) -> Result<Self, String> {
+    fn new(target: &str, o: ClientOpts, tls: TlsOpts) -> Result<Self, String> {
         let target = resolve(target)?;
         if let Some(pid) = o.pid {
             procfs::cpu_seconds(pid)
@@ -335,28 +362,32 @@ impl ClientCtx {
             return Err("--sources must be the same address family as --target".into());
         }
         let proxy = o.proxy_v2.then(|| o.vpce.clone());
+        let mut dialer = Dialer::new(target, sources, o.connect_timeout, o.io_timeout, proxy);
+        if tls.tls {
+            dialer = dialer.with_tls(tls::ClientTls::new(tls.sni.as_deref(), target.ip())?);
+        }
         Ok(Self {
-            dialer: Arc::new(Dialer::new(
-                target,
-                sources,
-                o.connect_timeout,
-                o.io_timeout,
-                proxy,
-            )),
+            dialer: Arc::new(dialer),
             pid: o.pid,
             output: Output { json: o.json },
             quiet: o.quiet,
             target,
             vpce: o.vpce,
             proxy_v2: o.proxy_v2,
+            tls: tls.tls,
         })
     }
 
     pub fn target_label(&self) -> String {
-        match (&self.proxy_v2, &self.vpce) {
+        let label = match (&self.proxy_v2, &self.vpce) {
             (false, _) => self.target.to_string(),
             (true, None) => format!("{} (PROXY v2)", self.target),
             (true, Some(v)) => format!("{} (PROXY v2, {v})", self.target),
+        };
+        if self.tls {
+            format!("{label} over TLS")
+        } else {
+            label
         }
     }
 
@@ -373,6 +404,7 @@ impl ClientCtx {
             warmup_s: 0.0,
             measured_s: 0.0,
             proxy_v2: self.proxy_v2,
+            tls: self.tls,
             vpce: self.vpce.clone(),
             errors: Default::default(),
             client_cpu_s: None,
@@ -436,17 +468,22 @@ impl CpuMark {
 async fn dispatch(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(a) => {
+            let tls = match (&a.tls_cert, &a.tls_key) {
+                (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+                _ => None,
+            };
             serve::run(serve::ServeConfig {
                 listen: resolve(&a.listen)?,
                 mode: a.mode,
                 chunk: a.chunk as usize,
                 backlog: a.backlog,
                 duration: a.duration,
+                tls,
             })
             .await
         }
         Command::Throughput(a) => {
-            let ctx = ClientCtx::new(&a.target, a.client)?;
+            let ctx = ClientCtx::new(&a.target, a.client, a.tls)?;
             let cfg = throughput::ThroughputConfig {
                 streams: a.streams as usize,
                 direction: a.direction,
@@ -457,7 +494,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             throughput::run(cfg, ctx).await
         }
         Command::Rate(a) => {
-            let ctx = ClientCtx::new(&a.target, a.client)?;
+            let ctx = ClientCtx::new(&a.target, a.client, a.tls)?;
             let cfg = rate::RateConfig {
                 concurrency: a.concurrency as usize,
                 duration: a.duration,
@@ -468,7 +505,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             rate::run(cfg, ctx).await
         }
         Command::Latency(a) => {
-            let ctx = ClientCtx::new(&a.target, a.client)?;
+            let ctx = ClientCtx::new(&a.target, a.client, TlsOpts::default())?;
             let cfg = latency::LatencyConfig {
                 connections: a.connections as usize,
                 rate: a.rate,
@@ -480,7 +517,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
         }
         Command::Idle(a) => {
             let explicit_sources = a.client.sources.is_some();
-            let ctx = ClientCtx::new(&a.target, a.client)?;
+            let ctx = ClientCtx::new(&a.target, a.client, TlsOpts::default())?;
             let cfg = idle::IdleConfig {
                 count: a.count as usize,
                 hold: a.hold,

@@ -8,7 +8,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::proxy_v2;
+use crate::tls::{ClientTls, Conn};
 
 /// Why an operation failed, as counted in reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +167,8 @@ pub struct Dialer {
     pub io_timeout: Duration,
     /// `Some(vpce)` when `--proxy-v2` is on; the inner option is the VPC endpoint id.
     proxy: Option<Option<String>>,
+    /// Set by `--tls` (the modes that support it).
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl Dialer {
@@ -183,18 +186,31 @@ impl Dialer {
             connect_timeout,
             io_timeout,
             proxy,
+            tls: None,
         }
+    }
+
+    /// The same dialer speaking TLS after the PROXY header (see [`Self::open`]).
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self
+    }
+
+    pub fn tls(&self) -> Option<&ClientTls> {
+        self.tls.as_deref()
     }
 
     /// The same dialer connecting from `sources` instead.
     pub fn with_sources(&self, sources: Vec<IpAddr>) -> Self {
-        Self::new(
+        let mut dialer = Self::new(
             self.target,
             sources,
             self.connect_timeout,
             self.io_timeout,
             self.proxy.clone(),
-        )
+        );
+        dialer.tls = self.tls.clone();
+        dialer
     }
 
     pub fn sources(&self) -> &[IpAddr] {
@@ -251,6 +267,15 @@ impl Dialer {
             within(self.io_timeout, "PROXY header write", s.write_all(&h)).await?;
         }
         Ok(s)
+    }
+
+    /// Connects, sends the PROXY header if any, then (with `--tls`) completes a TLS handshake.
+    pub async fn open(&self) -> BResult<Conn> {
+        let s = self.connect_with_header().await?;
+        match &self.tls {
+            None => Ok(Conn::Plain(s)),
+            Some(tls) => within(self.io_timeout, "TLS handshake", tls.connect(s)).await,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::net::{within, BResult, BenchError, Dialer, ErrKind, ErrorCounts};
@@ -219,13 +219,34 @@ impl Worker {
         let t0 = Instant::now();
         let mut s = self.dialer.connect().await?;
         let connected = t0.elapsed();
-        // Header and request in one write, as a load balancer's first segment would carry them.
         out.clear();
         if let Some(h) = self.dialer.proxy_header(&s)? {
             out.extend_from_slice(&h);
         }
-        out.extend_from_slice(&self.request);
-        within(io, "request write", s.write_all(out)).await?;
+        match self.dialer.tls() {
+            None => {
+                // Header and request in one write, as a load balancer's first segment would
+                // carry them.
+                out.extend_from_slice(&self.request);
+                within(io, "request write", s.write_all(out)).await?;
+                self.reply(&mut s, buf).await?;
+            }
+            Some(tls) => {
+                // The header in the clear, then the handshake, then the request.
+                if !out.is_empty() {
+                    within(io, "PROXY header write", s.write_all(out)).await?;
+                }
+                let mut s = within(io, "TLS handshake", tls.connect(s)).await?;
+                within(io, "request write", s.write_all(&self.request)).await?;
+                self.reply(&mut s, buf).await?;
+            }
+        }
+        Ok((t0, connected, t0.elapsed()))
+    }
+
+    /// Reads the reply, then the server's close.
+    async fn reply<S: AsyncRead + Unpin>(&self, s: &mut S, buf: &mut [u8]) -> BResult<()> {
+        let io = self.dialer.io_timeout;
         let mut got = 0u64;
         while got < self.reply {
             let n = within(io, "reply read", s.read(buf)).await?;
@@ -246,7 +267,7 @@ impl Worker {
                 "data after the reply (is the target an l4relay-bench serve?)",
             ));
         }
-        Ok((t0, connected, t0.elapsed()))
+        Ok(())
     }
 }
 

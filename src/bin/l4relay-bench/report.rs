@@ -26,6 +26,8 @@ pub struct Report<R: Serialize> {
     /// Length of the measurement window the rates are computed over.
     pub measured_s: f64,
     pub proxy_v2: bool,
+    /// The client spoke TLS to the target (`--tls`).
+    pub tls: bool,
     pub vpce: Option<String>,
     /// Over the whole run, warmup included.
     pub errors: ErrorSummary,

@@ -10,6 +10,9 @@
 //! (see `protocol`), recognised from the first bytes of a connection, and
 //! every mode strips a leading PROXY v1/v2 header, so the same server works
 //! directly and behind a relay that adds one.
+//!
+//! With `--tls-cert`/`--tls-key` every mode speaks TLS (after a PROXY header,
+//! which is read in the clear), and ends its side with close_notify.
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,6 +42,8 @@ pub struct ServeConfig {
     pub chunk: usize,
     pub backlog: u32,
     pub duration: Option<Duration>,
+    /// Serve TLS with this config.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Default)]
@@ -76,7 +81,8 @@ pub async fn run(cfg: ServeConfig) -> Result<(), String> {
     // Scripts and the integration test read this line to learn the port of `--listen HOST:0`.
     let mode = clap::ValueEnum::to_possible_value(&cfg.mode)
         .map_or(String::new(), |v| v.get_name().to_string());
-    println!("listening on {local} mode {mode}");
+    let over = if cfg.tls.is_some() { " tls" } else { "" };
+    println!("listening on {local} mode {mode}{over}");
     {
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -101,8 +107,8 @@ pub async fn run(cfg: ServeConfig) -> Result<(), String> {
             r = listener.accept() => match r {
                 Ok((s, _)) => {
                     stats.accepted.fetch_add(1, Relaxed);
-                    let (stats, zeros) = (stats.clone(), zeros.clone());
-                    tokio::spawn(handle(s, cfg.mode, cfg.chunk, zeros, stats));
+                    let (stats, zeros, tls) = (stats.clone(), zeros.clone(), cfg.tls.clone());
+                    tokio::spawn(handle(s, cfg.mode, cfg.chunk, zeros, stats, tls));
                 }
                 Err(e) => {
                     // EMFILE/ENFILE persist until connections close: back off
@@ -131,12 +137,32 @@ pub async fn run(cfg: ServeConfig) -> Result<(), String> {
     Ok(())
 }
 
-async fn handle(mut s: TcpStream, mode: Mode, chunk: usize, zeros: Arc<[u8]>, stats: Arc<Stats>) {
+async fn handle(
+    mut s: TcpStream,
+    mode: Mode,
+    chunk: usize,
+    zeros: Arc<[u8]>,
+    stats: Arc<Stats>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let _ = s.set_nodelay(true);
     stats.active.fetch_add(1, Relaxed);
-    let r = match mode {
-        Mode::Source => source(&mut s, &zeros, &stats).await,
-        Mode::Echo | Mode::Sink => reader_modes(&mut s, mode, chunk, &zeros, &stats).await,
+    let r = match tls {
+        None => match mode {
+            Mode::Source => {
+                // A TcpStream splits into borrowed halves without a lock.
+                let (mut r, mut w) = s.split();
+                source(&mut r, &mut w, &zeros, &stats).await
+            }
+            Mode::Echo | Mode::Sink => {
+                // Nothing is allocated until the client sends: idle connections stay cheap.
+                match s.readable().await {
+                    Ok(()) => reader_modes(&mut s, mode, chunk, &zeros, &stats).await,
+                    Err(e) => Err(e),
+                }
+            }
+        },
+        Some(config) => serve_tls(s, config, mode, chunk, &zeros, &stats).await,
     };
     if let Err(e) = r {
         // A client going away mid-stream is the normal end of a benchmark
@@ -153,11 +179,80 @@ async fn handle(mut s: TcpStream, mode: Mode, chunk: usize, zeros: Arc<[u8]>, st
     stats.active.fetch_sub(1, Relaxed);
 }
 
-async fn source(s: &mut TcpStream, zeros: &[u8], stats: &Stats) -> io::Result<()> {
-    let (mut r, mut w) = s.split();
+/// A PROXY header in the clear (as a relay sends one before TLS), then TLS for the rest.
+async fn serve_tls(
+    mut s: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    mode: Mode,
+    chunk: usize,
+    zeros: &[u8],
+    stats: &Stats,
+) -> io::Result<()> {
+    strip_proxy_header(&mut s, stats).await?;
+    let mut tls = tokio_rustls::TlsAcceptor::from(config).accept(s).await?;
+    match mode {
+        Mode::Source => {
+            let (mut r, mut w) = tokio::io::split(tls);
+            source(&mut r, &mut w, zeros, stats).await
+        }
+        Mode::Echo | Mode::Sink => {
+            reader_modes(&mut tls, mode, chunk, zeros, stats).await?;
+            // close_notify (unless the reply already sent it), then FIN.
+            tls.shutdown().await
+        }
+    }
+}
+
+/// Reads exactly one PROXY v1/v2 header, if the connection starts with one, leaving the TLS
+/// ClientHello after it in the socket.
+async fn strip_proxy_header(s: &mut TcpStream, stats: &Stats) -> io::Result<()> {
+    let mut first = [0u8; 1];
+    if s.peek(&mut first).await? == 0 {
+        return Ok(());
+    }
+    let mut header = Vec::with_capacity(128);
+    match first[0] {
+        // v2: 16 bytes that end with the length of the rest.
+        0x0D => {
+            header.resize(16, 0);
+            s.read_exact(&mut header).await?;
+            let rest = usize::from(u16::from_be_bytes([header[14], header[15]]));
+            header.resize(16 + rest, 0);
+            s.read_exact(&mut header[16..]).await?;
+        }
+        // v1: a line, read a byte at a time so as not to read past it.
+        b'P' => {
+            while !header.ends_with(b"\r\n") && header.len() < 107 {
+                let mut byte = [0u8; 1];
+                s.read_exact(&mut byte).await?;
+                header.push(byte[0]);
+            }
+        }
+        // A TLS record (0x16) or anything else: no header.
+        _ => return Ok(()),
+    }
+    match proxy_v2::detect(&header) {
+        Preamble::Header(len) if len == header.len() => {
+            stats.proxy_headers.fetch_add(1, Relaxed);
+            stats.bytes_in.fetch_add(len as u64, Relaxed);
+            Ok(())
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad PROXY header",
+        )),
+    }
+}
+
+async fn source<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    r: &mut R,
+    w: &mut W,
+    zeros: &[u8],
+    stats: &Stats,
+) -> io::Result<()> {
     tokio::select! {
-        res = pump_out(&mut w, zeros, stats) => res,
-        res = drain_in(&mut r, stats) => res,
+        res = pump_out(w, zeros, stats) => res,
+        res = drain_in(r, stats) => res,
     }
 }
 
@@ -183,8 +278,8 @@ async fn drain_in<R: AsyncRead + Unpin>(r: &mut R, stats: &Stats) -> io::Result<
 
 /// Reads more into `buf[*filled..]`, growing it up to `max` if full.
 /// Returns the number of bytes read (0 at EOF).
-async fn fill(
-    s: &mut TcpStream,
+async fn fill<S: AsyncRead + Unpin>(
+    s: &mut S,
     buf: &mut Vec<u8>,
     filled: &mut usize,
     max: usize,
@@ -205,15 +300,13 @@ async fn fill(
     Ok(n)
 }
 
-async fn reader_modes(
-    s: &mut TcpStream,
+async fn reader_modes<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
     mode: Mode,
     chunk: usize,
     zeros: &[u8],
     stats: &Stats,
 ) -> io::Result<()> {
-    // Nothing is allocated until the client sends: idle connections stay cheap.
-    s.readable().await?;
     let mut buf = vec![0u8; 1024];
     let mut filled = 0;
     let mut eof = false;
@@ -261,8 +354,8 @@ async fn reader_modes(
 }
 
 /// Echo or discard until EOF, then shut down the write side.
-async fn raw_loop(
-    s: &mut TcpStream,
+async fn raw_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
     echo: bool,
     mut buf: Vec<u8>,
     chunk: usize,
@@ -288,8 +381,8 @@ async fn raw_loop(
     }
 }
 
-async fn framed(
-    s: &mut TcpStream,
+async fn framed<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
     mut buf: Vec<u8>,
     start: usize,
     filled: usize,

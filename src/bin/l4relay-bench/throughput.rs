@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::net::{within, BResult, BenchError, ErrorCounts};
 use crate::report::{Report, Table};
 use crate::run::{join_all, stop_pair, ActiveGuard, Coordinator, Stop};
+use crate::tls::Conn;
 use crate::units::{fmt_duration, fmt_gb, gbit_per_s};
 use crate::{ClientCtx, CpuMark};
 
@@ -82,7 +82,7 @@ pub async fn run(cfg: ThroughputConfig, ctx: ClientCtx) -> Result<(), String> {
     let connects: Vec<_> = (0..cfg.streams)
         .map(|_| {
             let d = ctx.dialer.clone();
-            tokio::spawn(async move { d.connect_with_header().await })
+            tokio::spawn(async move { d.open().await })
         })
         .collect();
     let conns = coord
@@ -306,8 +306,26 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self, mut s: TcpStream, mut stop: Stop) {
-        let (mut r, mut w) = s.split();
+    async fn run(self, conn: Conn, stop: Stop) {
+        match conn {
+            // A TcpStream splits into borrowed halves without a lock.
+            Conn::Plain(mut s) => {
+                let (r, w) = s.split();
+                self.pump(r, w, stop).await
+            }
+            Conn::Tls(s) => {
+                let (r, w) = tokio::io::split(s);
+                self.pump(r, w, stop).await
+            }
+        }
+    }
+
+    async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        self,
+        mut r: R,
+        mut w: W,
+        mut stop: Stop,
+    ) {
         let io = self.io_timeout;
         let c = &self.counters;
         let send = async {

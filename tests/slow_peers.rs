@@ -1,0 +1,135 @@
+//! Slow peers: clients that never read must not make the relay buffer what their servers send.
+//! Backpressure has to reach the server (its writes stop), and the relay's memory per such
+//! connection stays at its fixed in-flight buffer, whatever the server would send.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+const CLIENTS: usize = 1_000;
+/// The bound asserted per connection: the relay's copy buffer (64 KiB) or pipe bookkeeping, with
+/// room for allocator and task overhead; far below what the servers try to send.
+const MAX_RSS_PER_CONNECTION_KIB: u64 = 300;
+/// Pipes the relay keeps pooled for reuse after their connections end: up to 64 per worker
+/// thread, two descriptors each, on this 2-worker test relay.
+const POOLED_PIPE_FDS: usize = 2 * 64 * 2;
+
+/// A server that writes an endless stream to every connection, counting what the kernel took.
+async fn endless_server(sent: Arc<AtomicU64>) -> SocketAddr {
+    let listener = upstream_listener();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sent = Arc::clone(&sent);
+            tokio::spawn(async move {
+                let chunk = vec![0x5au8; 64 * 1024];
+                // Ends when the relay closes the connection (the test drops its clients).
+                while stream.write_all(&chunk).await.is_ok() {
+                    sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client with a small receive buffer that connects and then never reads.
+async fn never_reading_client(target: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), socket.connect(target))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// Waits until `sent` stops growing (less than 1% over half a second), up to `limit`.
+async fn until_stalled(sent: &AtomicU64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut last = sent.load(Ordering::Relaxed);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now > 0 && now - last <= now / 100 {
+            return true;
+        }
+        last = now;
+    }
+    false
+}
+
+async fn slow_clients_keep_memory_bounded(mode: &str) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let server = endless_server(Arc::clone(&sent)).await;
+    let listen = free_addr();
+    // Two workers, so the pooled pipes allowed for below are a fixed number on any machine.
+    let text = config(
+        listen,
+        &[server],
+        &format!("relay = \"{mode}\"\nbacklog = 4096"),
+        "",
+    )
+    .replace("[admin]", "[global]\nworkers = 2\n\n[admin]");
+    let relay = RelayProcess::start(&text);
+    let rss_before = rss_kib(relay.pid());
+    let fds_before = relay.open_fds();
+
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        clients.push(never_reading_client(listen).await);
+    }
+    assert!(
+        until_stalled(&sent, Duration::from_secs(30)).await,
+        "{mode}: the servers never stopped sending: no backpressure"
+    );
+    // Stalled for good: the relay is not reading on the clients' behalf.
+    let stalled_at = sent.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = sent.load(Ordering::Relaxed);
+    let rss = rss_kib(relay.pid());
+    let per_connection = rss.saturating_sub(rss_before) / CLIENTS as u64;
+    eprintln!(
+        "{mode}: {CLIENTS} never-reading clients; servers sent {} KiB per connection \
+         ({} KiB more in the last 2 s); relay RSS {rss_before} -> {rss} KiB = {per_connection} KiB \
+         per connection; fds {fds_before} -> {}",
+        stalled_at / 1024 / CLIENTS as u64,
+        (later - stalled_at) / 1024,
+        relay.open_fds()
+    );
+    assert!(
+        later - stalled_at <= stalled_at / 50,
+        "{mode}: the servers kept sending ({stalled_at} -> {later} bytes)"
+    );
+    assert!(
+        per_connection < MAX_RSS_PER_CONNECTION_KIB,
+        "{mode}: {per_connection} KiB of relay RSS per never-reading client"
+    );
+
+    drop(clients);
+    assert!(
+        eventually(Duration::from_secs(10), || relay
+            .open_fds()
+            <= fds_before + POOLED_PIPE_FDS)
+        .await,
+        "{mode}: relay fds {} after the clients left, {fds_before} before (+{POOLED_PIPE_FDS} pooled pipes allowed)",
+        relay.open_fds()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_reading_clients_do_not_make_the_relay_buffer_the_stream() {
+    raise_nofile(3 * CLIENTS as u64 + 1000);
+    for mode in ["splice", "copy"] {
+        slow_clients_keep_memory_bounded(mode).await;
+    }
+}
