@@ -1105,6 +1105,15 @@ fn read_listener_tls(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Opt
             certificates += 1;
             default.get_or_insert(index);
             if !names.is_empty() {
+                for name in &names {
+                    if !dns_names.is_empty() && !certificate_covers(&dns_names, &name.value) {
+                        diag.warn(
+                            &name.span,
+                            &name.key,
+                            format!("\"{}\" is not among the certificate's names ({}): clients that verify will refuse it", name.value, dns_names.join(", ")),
+                        );
+                    }
+                }
                 explicit.push((index, names));
             } else if dns_names.is_empty() {
                 diag.error(
@@ -1186,6 +1195,18 @@ fn read_listener_tls(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Opt
             None
         }
     }
+}
+
+/// Whether a certificate with DNS names `names` is valid for `name` (itself a name or a
+/// "*." wildcard), as a client checks it: equal, or under a wildcard by one label.
+fn certificate_covers(names: &[String], name: &str) -> bool {
+    names.iter().any(|have| {
+        have == name
+            || have.strip_prefix("*.").is_some_and(|parent| {
+                !name.starts_with("*.")
+                    && name.split_once('.').is_some_and(|(_, rest)| rest == parent)
+            })
+    })
 }
 
 /// `[pool.tls]`, files read; None when it has errors (reported).
@@ -2017,6 +2038,11 @@ name = "s"
                 cert.display()
             ),
         );
+        assert!(certificate_covers(&["*.a.test".into()], "x.a.test"));
+        assert!(!certificate_covers(&["*.a.test".into()], "a.test"));
+        assert!(!certificate_covers(&["*.a.test".into()], "x.y.a.test"));
+        assert!(certificate_covers(&["*.a.test".into()], "*.a.test"));
+        assert!(!certificate_covers(&["a.test".into()], "*.a.test"));
         let errors = parse(&text).unwrap_err();
         let expect = [
             "listener[0].tls.min_version: \"1.1\" is not one of \"1.2\", \"1.3\"",
@@ -2062,13 +2088,23 @@ name = "s"
 
         let text = with_tls(
             &format!(
-                "  [listener.tls]\n  cert = \"{}\"\n  key = \"{}\"\n",
-                cert.display(),
-                key.display()
+                "  [listener.tls]\n  cert = \"{cert}\"\n  key = \"{key}\"\n\
+                 \x20 [[listener.tls.certificate]]\n  cert = \"{cert}\"\n  key = \"{key}\"\n  server_names = [\"other.test\"]\n",
+                cert = cert.display(),
+                key = key.display()
             ),
             "  [pool.tls]\n  verify = false\n",
         );
         let c = Config::parse(Path::new("t.toml"), &text).unwrap();
+        assert!(
+            c.warnings.iter().any(
+                |w| w.key == "listener[0].tls.certificate[0].server_names[0]"
+                    && w.message
+                        .contains("not among the certificate's names (relay.test)")
+            ),
+            "{:?}",
+            c.warnings
+        );
         assert!(
             c.warnings
                 .iter()

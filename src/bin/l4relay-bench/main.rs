@@ -588,6 +588,53 @@ mod tests {
     }
 
     #[test]
+    fn tls_options() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        assert!(parse(&["b", "rate", "--target", "127.0.0.1:1", "--tls"]).is_ok());
+        assert!(parse(&[
+            "b",
+            "throughput",
+            "--target",
+            "x:1",
+            "--tls",
+            "--sni",
+            "a.test"
+        ])
+        .is_ok());
+        assert!(
+            parse(&["b", "rate", "--target", "127.0.0.1:1", "--sni", "a.test"]).is_err(),
+            "--sni needs --tls"
+        );
+        assert!(
+            parse(&["b", "latency", "--target", "127.0.0.1:1", "--tls"]).is_err(),
+            "only throughput and rate speak TLS"
+        );
+        assert!(
+            parse(&[
+                "b",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "c.pem"
+            ])
+            .is_err(),
+            "--tls-cert needs --tls-key"
+        );
+        assert!(parse(&[
+            "b",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem"
+        ])
+        .is_ok());
+    }
+
+    #[test]
     fn size_limits() {
         assert!(parse_request_size("11").is_err());
         assert_eq!(parse_request_size("12").unwrap(), 12);
