@@ -1,10 +1,13 @@
 //! Lifecycle against the built binary: drain on SIGTERM under load, reload on SIGHUP under a
-//! steady stream of new connections, and the systemd notifications in order.
+//! steady stream of new connections, the systemd notifications in order, and the watchdog ping
+//! withheld while one worker thread is stuck.
 
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -369,16 +372,94 @@ async fn http_get_body(addr: SocketAddr, path: &str) -> String {
     response
 }
 
+/// The test's end of `$NOTIFY_SOCKET`: the datagrams l4relay sends to systemd.
+struct NotifySocket {
+    socket: UnixDatagram,
+    dir: PathBuf,
+    path: PathBuf,
+    /// Every message received so far, in order.
+    messages: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = scratch_dir("notify");
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        NotifySocket {
+            socket,
+            dir,
+            path,
+            messages: Vec::new(),
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// The next message, or None when none arrives before `deadline`.
+    fn next_before(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())?;
+        self.socket.set_read_timeout(Some(left)).unwrap();
+        let mut buf = [0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.messages.push(message.clone());
+                Some(message)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("notify socket: {e}"),
+        }
+    }
+
+    /// Receives until a message containing `want` arrives; panics if none does within `limit`.
+    fn receive_until(&mut self, want: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.next_before(deadline) {
+                Some(message) if message.contains(want) => return,
+                Some(_) => {}
+                None => panic!("no {want} within {limit:?}; got {:?}", self.messages),
+            }
+        }
+    }
+
+    /// The messages already queued, without waiting for more.
+    fn take_queued(&mut self) -> Vec<String> {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut queued = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            queued.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).unwrap();
+        self.messages.extend(queued.iter().cloned());
+        queued
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_notifications_arrive_in_order() {
     let (server, _) = echo_server().await;
     let listen = free_addr();
-    let dir = scratch_dir("notify");
-    let socket_path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut notify = NotifySocket::bind();
     let config = config(listen, &[server], "", "").replace(
         "[admin]",
         "[drain]\nannounce = \"100ms\"\ndeadline = \"1s\"\n\n[admin]",
@@ -387,35 +468,22 @@ async fn systemd_notifications_arrive_in_order() {
         &config,
         None,
         &[
-            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("NOTIFY_SOCKET", notify.path()),
             ("WATCHDOG_USEC", "400000"),
         ],
     );
-    let mut messages: Vec<String> = Vec::new();
-    let receive_until = |want: &str, messages: &mut Vec<String>| {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = socket
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("waiting for {want}: {e}; got {messages:?}"));
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let found = message.contains(want);
-            messages.push(message);
-            if found {
-                return;
-            }
-        }
-    };
-    receive_until("READY=1", &mut messages);
-    receive_until("WATCHDOG=1", &mut messages);
+    let limit = Duration::from_secs(5);
+    notify.receive_until("READY=1", limit);
+    notify.receive_until("WATCHDOG=1", limit);
     relay.signal("HUP");
-    receive_until("RELOADING=1", &mut messages);
-    receive_until("READY=1", &mut messages);
+    notify.receive_until("RELOADING=1", limit);
+    notify.receive_until("READY=1", limit);
     relay.signal("TERM");
-    receive_until("STOPPING=1", &mut messages);
-    receive_until("EXTEND_TIMEOUT_USEC=", &mut messages);
+    notify.receive_until("STOPPING=1", limit);
+    notify.receive_until("EXTEND_TIMEOUT_USEC=", limit);
     assert_eq!(relay.wait_exit(Duration::from_secs(5)), Some(0));
 
+    let messages = &notify.messages;
     let order: Vec<&str> = messages
         .iter()
         .filter_map(|m| {
@@ -431,5 +499,321 @@ async fn systemd_notifications_arrive_in_order() {
     );
     let reloading = messages.iter().find(|m| m.contains("RELOADING=1")).unwrap();
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- a stuck worker and the systemd watchdog ----
+
+/// What the control thread logs when a worker does not answer its watchdog probe.
+const NO_RESPONSE: &str = "a worker thread did not respond";
+
+/// The id of the thread of process `pid` named `name` (as `std::thread::Builder::name` sets it).
+fn thread_named(pid: u32, name: &str) -> Option<libc::pid_t> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            task.file_name().to_str()?.parse().ok()
+        })
+}
+
+/// Every thread of process `pid` with its scheduler state ('S', 'R', ..., 't' when stopped by
+/// a tracer).
+fn thread_states(pid: u32) -> Vec<(libc::pid_t, char)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let state = stat[stat.rfind(')')? + 2..].chars().next()?;
+            Some((tid, state))
+        })
+        .collect()
+}
+
+/// One thread of another process stopped with ptrace (PTRACE_SEIZE, then PTRACE_INTERRUPT)
+/// while the other threads of that process run on. Dropping it lets the thread run again, so
+/// a failing assertion never leaves the relay half-frozen (or unreapable: a traced thread's
+/// exit waits for its tracer).
+///
+/// ptrace attaches a tracee to the tracing *thread*, not the process: create, resume and drop
+/// a `StoppedThread` on one thread, never from async code that may move between threads.
+struct StoppedThread {
+    tid: libc::pid_t,
+    /// A signal that stopped the thread before our interrupt did, handed back at the detach.
+    signal: libc::c_int,
+    stopped: bool,
+}
+
+impl StoppedThread {
+    /// Stops thread `tid`; Err only when it cannot be traced at all (PTRACE_SEIZE failed).
+    fn stop(tid: libc::pid_t) -> std::io::Result<StoppedThread> {
+        let none = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: PTRACE_SEIZE with no options: addr and data are not dereferenced.
+        if unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, none, none) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Attached from here on: the guard detaches on every path, panics included.
+        let mut thread = StoppedThread {
+            tid,
+            signal: 0,
+            stopped: false,
+        };
+        if let Err(e) = thread.interrupt(Duration::from_secs(5)) {
+            panic!("cannot stop thread {tid}: {e}");
+        }
+        Ok(thread)
+    }
+
+    /// PTRACE_INTERRUPT, then waits (polling, up to `limit`) until the thread reports its stop.
+    fn interrupt(&mut self, limit: Duration) -> Result<(), String> {
+        let none = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: PTRACE_INTERRUPT on our seized tracee; addr and data are unused.
+        if unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, self.tid, none, none) } != 0 {
+            return Err(format!(
+                "PTRACE_INTERRUPT: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes one c_int into the valid, exclusively borrowed `status`.
+            // __WALL: the tracee is a thread, not a child process of ours.
+            let waited =
+                unsafe { libc::waitpid(self.tid, &mut status, libc::__WALL | libc::WNOHANG) };
+            if waited == self.tid {
+                if !libc::WIFSTOPPED(status) {
+                    return Err(format!("wait status {status:#x} is not a stop"));
+                }
+                if status >> 16 != libc::PTRACE_EVENT_STOP {
+                    // A signal-delivery stop came first: the signal is the thread's, not ours.
+                    self.signal = libc::WSTOPSIG(status);
+                }
+                self.stopped = true;
+                return Ok(());
+            }
+            if waited != 0 {
+                return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no stop within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets the thread run again (PTRACE_DETACH, which needs it stopped).
+    fn detach(&mut self) -> Result<(), String> {
+        if !self.stopped {
+            self.interrupt(Duration::from_secs(5))?;
+        }
+        // SAFETY: PTRACE_DETACH on our stopped tracee; data is the signal to deliver (0: none),
+        // passed as a pointer-sized integer as the call expects.
+        let detached = unsafe {
+            libc::ptrace(
+                libc::PTRACE_DETACH,
+                self.tid,
+                std::ptr::null_mut::<libc::c_void>(),
+                self.signal as usize as *mut libc::c_void,
+            )
+        };
+        if detached != 0 {
+            return Err(format!(
+                "PTRACE_DETACH: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        self.tid = 0;
+        Ok(())
+    }
+
+    fn resume(mut self) {
+        let tid = self.tid;
+        if let Err(e) = self.detach() {
+            panic!("cannot resume thread {tid}: {e}");
+        }
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        if self.tid != 0 {
+            if let Err(e) = self.detach() {
+                eprintln!("could not detach from thread {}: {e}", self.tid);
+            }
+        }
+    }
+}
+
+/// Issue 7: the watchdog ping must prove that every worker runtime still runs, so a worker
+/// stuck in a busy loop or a blocking call gets the process restarted by systemd. One worker
+/// thread is stopped with ptrace (the rest of the process runs on, which a SIGSTOP or a
+/// debugger's all-stop mode would not allow); the pings stop until it runs again.
+#[test]
+fn a_stuck_worker_withholds_the_watchdog_ping() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, _) = runtime.block_on(echo_server());
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "[global]\nworkers = 2\n\n{}",
+        config(listen, &[server], "", "").replace(
+            "[admin]\nlisten = \"off\"",
+            &format!("[admin]\nlisten = \"{admin}\""),
+        )
+    );
+    let mut notify = NotifySocket::bind();
+    // WatchdogSec=300ms: a ping every 150 ms (half the interval, as sd_watchdog_enabled(3)
+    // advises). WATCHDOG_PID names the process the watchdog is meant for, as systemd sets it:
+    // the shell's pid, which `exec` hands on to l4relay.
+    let relay = RelayProcess::start_with(
+        &config,
+        Some("WATCHDOG_PID=$$; export WATCHDOG_PID"),
+        &[
+            ("NOTIFY_SOCKET", notify.path()),
+            ("WATCHDOG_USEC", "300000"),
+        ],
+    );
+    let pid = relay.pid();
+    for _ in 0..3 {
+        notify.receive_until("WATCHDOG=1", Duration::from_secs(5));
+    }
+
+    let failed_probes = |relay: &RelayProcess| relay.stderr().matches(NO_RESPONSE).count();
+    let probes_before_stop = failed_probes(&relay);
+    let worker = thread_named(pid, "worker-0").expect("l4relay has a thread named worker-0");
+    // Declared after `relay`, so dropped (detached) before the relay is killed and reaped.
+    let stopped = match StoppedThread::stop(worker) {
+        Ok(stopped) => stopped,
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            // Straight to the test's stderr, past libtest's capture: a skip must be seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED a_stuck_worker_withholds_the_watchdog_ping: cannot ptrace l4relay's \
+                 worker thread ({e}); it needs root or CAP_SYS_PTRACE (as in CI) and no other \
+                 tracer (strace, gdb) on the relay"
+            );
+            return;
+        }
+        Err(e) => panic!("PTRACE_SEIZE of worker-0 (thread {worker}): {e}"),
+    };
+    let states = thread_states(pid);
+    let frozen: Vec<_> = states
+        .iter()
+        .filter(|(_, s)| matches!(s, 't' | 'T'))
+        .collect();
+    assert_eq!(
+        frozen,
+        [&(worker, 't')],
+        "exactly worker-0 should be stopped: {states:?}"
+    );
+
+    // The first probe after the stop waits 1 s, then logs and withholds its ping. Pings of
+    // probes that worker-0 answered before it stopped may still be queued: drop them. Every
+    // probe from here on starts after the stop.
+    let noticed = runtime.block_on(eventually(Duration::from_secs(10), || {
+        failed_probes(&relay) > probes_before_stop
+    }));
+    assert!(noticed, "no {NO_RESPONSE:?} within 10 s of the stop");
+    notify.take_queued();
+    let probes_before = failed_probes(&relay);
+    let window_start = Instant::now();
+
+    // Meanwhile the rest of the process works: the control thread serves the admin listener,
+    // and worker-1 relays. SO_REUSEPORT hashes each connection to one worker's socket, so of
+    // 32 connections each lands on worker-1 with probability 1/2: that none does (2^-32) is
+    // not a case to wait for. Those on worker-0 wait in its accept queue until it runs again.
+    let mut echoes = tokio::task::JoinSet::new();
+    runtime.block_on(async {
+        let limit = Duration::from_secs(5);
+        let (code, body) =
+            tokio::time::timeout(limit, admin_request(admin, "GET", "/healthz", None))
+                .await
+                .expect("/healthz answers while a worker is stopped");
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        // /metrics asks every worker for its pipe counts and gives a stopped one 1 s.
+        let (code, _) = tokio::time::timeout(limit, admin_request(admin, "GET", "/metrics", None))
+            .await
+            .expect("/metrics answers while a worker is stopped");
+        assert_eq!(code, 200);
+
+        for _ in 0..32 {
+            let mut stream = TcpStream::connect(listen).await.expect("connect");
+            stream.write_all(b"?").await.unwrap();
+            echoes.spawn(async move {
+                let mut b = [0u8; 1];
+                stream.read_exact(&mut b).await.map(|_| b[0])
+            });
+        }
+        let first = tokio::time::timeout(limit, echoes.join_next())
+            .await
+            .expect("a connection relayed by worker-1 while worker-0 is stopped");
+        assert_eq!(first.unwrap().unwrap().expect("echo"), b'?');
+    });
+
+    // That no ping arrives can only be shown over a window of time. This one lasts ten
+    // watchdog intervals (3 s; systemd gives up after one) and until at least two more probes
+    // have failed (each waits 1 s for worker-0), so the control thread is seen to keep probing
+    // and withholding, not merely to be slow.
+    let quiet_for = Duration::from_secs(3);
+    loop {
+        let enough_probes = failed_probes(&relay) >= probes_before + 2;
+        if window_start.elapsed() >= quiet_for && enough_probes {
+            break;
+        }
+        assert!(
+            window_start.elapsed() < Duration::from_secs(15),
+            "the control thread stopped probing: {} failed probe(s) in {:?}",
+            failed_probes(&relay) - probes_before,
+            window_start.elapsed()
+        );
+        if let Some(message) = notify.next_before(Instant::now() + Duration::from_millis(100)) {
+            assert!(
+                !message.contains("WATCHDOG=1"),
+                "WATCHDOG=1 {:?} into the stop of worker-0",
+                window_start.elapsed()
+            );
+        }
+    }
+    assert_eq!(
+        thread_states(pid).iter().find(|(t, _)| *t == worker),
+        Some(&(worker, 't'))
+    );
+
+    let mut relayed_meanwhile = 1;
+    runtime.block_on(async {
+        while let Some(echo) = echoes.try_join_next() {
+            assert_eq!(echo.unwrap().expect("echo"), b'?');
+            relayed_meanwhile += 1;
+        }
+    });
+
+    // Running again, worker-0 answers the next probe, and serves the connections it queued.
+    stopped.resume();
+    notify.receive_until("WATCHDOG=1", Duration::from_secs(5));
+    runtime.block_on(async {
+        let all = async {
+            while let Some(echo) = echoes.join_next().await {
+                assert_eq!(echo.unwrap().expect("echo"), b'?');
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "worker-0 did not serve the connections queued for it ({} of 32)",
+                    32 - relayed_meanwhile
+                )
+            });
+    });
 }

@@ -815,8 +815,8 @@ fn read_listener(
         ],
         RouteFallback::Pool,
     );
-    let handshake_timeout = s.duration(diag, "handshake_timeout", Duration::from_secs(5));
-    let idle_timeout = s.duration(diag, "idle_timeout", Duration::from_secs(900));
+    let handshake_timeout = s.positive_duration(diag, "handshake_timeout", Duration::from_secs(5));
+    let idle_timeout = s.positive_duration(diag, "idle_timeout", Duration::from_secs(900));
     let backlog = s.integer(diag, "backlog", 1..=65535, 4096) as u32;
     let keepalive = read_keepalive(s, diag);
     let relay = s.choice(diag, "relay", RELAY_MODES, global.relay);
@@ -852,20 +852,6 @@ fn read_listener(
             &s.span(),
             &s.key_path("max_connections_per_vpce"),
             "needs proxy_protocol: the VPC endpoint ID only arrives in the PROXY v2 header",
-        );
-    }
-    if handshake_timeout.is_zero() {
-        diag.error(
-            &s.span(),
-            &s.key_path("handshake_timeout"),
-            "must be greater than zero",
-        );
-    }
-    if idle_timeout.is_zero() {
-        diag.error(
-            &s.span(),
-            &s.key_path("idle_timeout"),
-            "must be greater than zero",
         );
     }
 
@@ -916,14 +902,7 @@ fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<Read
         ],
         Balance::RoundRobin,
     );
-    let connect_timeout = s.duration(diag, "connect_timeout", Duration::from_secs(3));
-    if connect_timeout.is_zero() {
-        diag.error(
-            &s.span(),
-            &s.key_path("connect_timeout"),
-            "must be greater than zero",
-        );
-    }
+    let connect_timeout = s.positive_duration(diag, "connect_timeout", Duration::from_secs(3));
     let retries = s.integer(diag, "retries", 0..=100, 2) as u32;
     let keepalive = read_keepalive(s, diag);
     let send_proxy = s.choice(
@@ -1022,7 +1001,7 @@ fn read_pool_dns(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> DnsConf
     let max_ttl = s.duration(diag, "dns_max_ttl", Duration::from_secs(300));
     let hold = s.duration(diag, "dns_hold", Duration::from_secs(300));
     let removed_grace = s.parsed(diag, "dns_removed_grace", parse_duration);
-    let timeout = s.duration(diag, "dns_timeout", Duration::from_secs(2));
+    let timeout = s.positive_duration(diag, "dns_timeout", Duration::from_secs(2));
     let nameservers = values(s.list(diag, "nameservers", parse_nameserver));
     let require_private = s.bool(diag, "require_private", false);
     if min_ttl < Duration::from_millis(100) {
@@ -1037,13 +1016,6 @@ fn read_pool_dns(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> DnsConf
             &s.span(),
             &s.key_path("dns_max_ttl"),
             "must not be below dns_min_ttl",
-        );
-    }
-    if timeout.is_zero() {
-        diag.error(
-            &s.span(),
-            &s.key_path("dns_timeout"),
-            "must be greater than zero",
         );
     }
     DnsConfig {
@@ -1362,7 +1334,7 @@ fn read_health(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<He
     let fast_interval = s
         .parsed(diag, "fast_interval", parse_duration)
         .unwrap_or(interval);
-    let timeout = s.duration(diag, "timeout", Duration::from_secs(1));
+    let timeout = s.positive_duration(diag, "timeout", Duration::from_secs(1));
     let rise = s.integer(diag, "rise", 1..=100, 2) as u32;
     let fall = s.integer(diag, "fall", 1..=100, 3) as u32;
     let jitter = s
@@ -1379,13 +1351,6 @@ fn read_health(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<He
         if value < Duration::from_millis(10) {
             diag.error(&s.span(), &s.key_path(key), "must be at least 10ms");
         }
-    }
-    if timeout.is_zero() {
-        diag.error(
-            &s.span(),
-            &s.key_path("timeout"),
-            "must be greater than zero",
-        );
     }
 
     // TLS: the handshake check, or HTTP over TLS.
@@ -1759,6 +1724,39 @@ balance = "fastest"
             );
         }
         assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    }
+
+    /// Zero durations where a timeout must run: reported at the table, under the key's path.
+    #[test]
+    fn zero_durations_are_refused() {
+        let text = r#"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:8443"
+pool = "p"
+handshake_timeout = "0s"
+idle_timeout = "0ms"
+
+[[pool]]
+name = "p"
+connect_timeout = "0s"
+dns_timeout = "0s"
+  [[pool.server]]
+  address = "127.0.0.1:9000"
+  [pool.health]
+  check = "tcp"
+  timeout = "0s"
+"#;
+        assert_eq!(
+            parse(text).unwrap_err(),
+            [
+                "t.toml:9:1: pool[0].connect_timeout: must be greater than zero",
+                "t.toml:9:1: pool[0].dns_timeout: must be greater than zero",
+                "t.toml:15:3: pool[0].health.timeout: must be greater than zero",
+                "t.toml:2:1: listener[0].handshake_timeout: must be greater than zero",
+                "t.toml:2:1: listener[0].idle_timeout: must be greater than zero",
+            ]
+        );
     }
 
     #[test]

@@ -268,6 +268,22 @@ impl<'t, 'i> Section<'t, 'i> {
         self.parsed(diag, key, parse_duration).unwrap_or(default)
     }
 
+    /// A duration, as `duration` reads it, that must also be greater than zero (a timeout that
+    /// would fire at once). Zero is reported at the table, under the key's path, and returned.
+    pub fn positive_duration(
+        &mut self,
+        diag: &mut Diagnostics<'_>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        debug_assert!(!default.is_zero(), "{key}: a zero default would be refused");
+        let value = self.duration(diag, key, default);
+        if value.is_zero() {
+            diag.error(&self.span, &self.key_path(key), "must be greater than zero");
+        }
+        value
+    }
+
     /// A string turned into a value by `parse`, whose error message is reported at the value.
     pub fn parsed<T>(
         &mut self,
@@ -486,6 +502,35 @@ mod tests {
         for bad in ["", "KiB", "1.5MiB", "1TB", "-1"] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn positive_durations() {
+        let text = "[a]\nzero = \"0s\"\nsome = \"5s\"\nbad = \"5\"\n";
+        let doc = DeTable::parse(text).unwrap();
+        let mut diag = Diagnostics::new(Path::new("f.toml"), text);
+        let mut root = Section::root(&doc);
+        let mut a = root.table(&mut diag, "a").unwrap();
+        let default = Duration::from_secs(3);
+        assert_eq!(
+            a.positive_duration(&mut diag, "zero", default),
+            Duration::ZERO
+        );
+        assert_eq!(
+            a.positive_duration(&mut diag, "some", default),
+            Duration::from_secs(5)
+        );
+        assert_eq!(a.positive_duration(&mut diag, "bad", default), default);
+        assert_eq!(a.positive_duration(&mut diag, "absent", default), default);
+        a.finish(&mut diag);
+        let shown: Vec<String> = diag.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "f.toml:1:1: a.zero: must be greater than zero",
+                "f.toml:4:7: a.bad: \"5\" is not a duration: write a number with a unit, e.g. \"250ms\", \"5s\", \"10m\"",
+            ]
+        );
     }
 
     #[test]
