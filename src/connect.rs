@@ -2,19 +2,21 @@
 //! timeout, and on failure retry on another server (`retries` times). Every attempt's result
 //! goes to the pool's passive detection, which takes a server that keeps failing down.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::pool::{Pool, ServerId, ServerLease};
+use crate::pool::{Pool, Server, ServerId, ServerLease};
 use crate::sockopt;
 
 /// An established upstream connection and the server slot it holds.
-pub struct Upstream {
-    pub stream: TcpStream,
+pub struct Upstream<S = TcpStream> {
+    pub stream: S,
     pub lease: ServerLease,
     /// Time of the successful attempt.
     pub connect_time: Duration,
@@ -42,26 +44,60 @@ impl AttemptResult {
     }
 }
 
+/// A failed attempt: how it counts for the server, and the caller's own account of it (what
+/// the connection's end is, should this attempt be the last).
+pub type AttemptError<E> = (AttemptResult, E);
+
 #[derive(Debug)]
-pub enum ConnectError {
+pub enum ConnectError<E = ()> {
     /// No server could take the connection (all down, draining or full).
     NoServer,
-    /// Every attempt failed; the last one's result and server.
+    /// Every attempt failed; the last one's result, server and the caller's account of it.
     Failed {
         attempts: u32,
         last: AttemptResult,
         server: SocketAddr,
+        reason: E,
     },
 }
 
 /// Connects to a server of `pool` for `client`, counting every attempt in the server's and
 /// pool's metrics.
 pub async fn connect(pool: &Pool, client: IpAddr) -> Result<Upstream, ConnectError> {
+    connect_with(pool, client, |server| async move {
+        match tokio::time::timeout(pool.connect_timeout, open(server.addr, pool)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                Err((AttemptResult::Refused, ()))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(pool = %pool.name, server = %server.name, addr = %server.addr, "connect failed: {e}");
+                Err((AttemptResult::Error, ()))
+            }
+            Err(_) => Err((AttemptResult::Timeout, ())),
+        }
+    })
+    .await
+}
+
+/// The picks, retries and counts of [`connect`] around an attempt of the caller's: TCP alone,
+/// or TCP and what must succeed on it before the server counts as connected (a TLS handshake).
+/// Every attempt's result goes to the server's metrics and to passive health; each retry goes
+/// to a server not tried yet. The connect time is that of the successful attempt.
+pub async fn connect_with<S, E, F, Fut>(
+    pool: &Pool,
+    client: IpAddr,
+    mut attempt: F,
+) -> Result<Upstream<S>, ConnectError<E>>
+where
+    F: FnMut(Arc<Server>) -> Fut,
+    Fut: Future<Output = Result<S, AttemptError<E>>>,
+{
     let mut tried: Vec<ServerId> = Vec::new();
-    let mut last: Option<(AttemptResult, SocketAddr)> = None;
-    for attempt in 1..=pool.retries + 1 {
+    let mut last = None;
+    for attempts in 1..=pool.retries + 1 {
         // Only the first pick waits for first health checks; a retry takes what there is.
-        let lease = if attempt == 1 {
+        let lease = if attempts == 1 {
             pool.pick_or_wait(client, &tried).await
         } else {
             pool.pick(client, &tried)
@@ -69,53 +105,50 @@ pub async fn connect(pool: &Pool, client: IpAddr) -> Result<Upstream, ConnectErr
         let Some(lease) = lease else {
             break;
         };
-        let addr = lease.server().addr;
+        let server = Arc::clone(lease.server());
         let started = Instant::now();
-        let result = tokio::time::timeout(pool.connect_timeout, open(addr, pool)).await;
-        let elapsed = started.elapsed();
-        let outcome = match result {
-            Ok(Ok(stream)) => {
-                lease.server().metrics.count_attempt(AttemptResult::Ok);
-                pool.record_connect(lease.server(), AttemptResult::Ok);
-                pool.metrics.connect_time.record(elapsed.as_secs_f64());
+        let outcome = attempt(Arc::clone(&server)).await;
+        let connect_time = started.elapsed();
+        let (result, reason) = match outcome {
+            Ok(stream) => {
+                server.metrics.count_attempt(AttemptResult::Ok);
+                pool.record_connect(&server, AttemptResult::Ok);
+                pool.metrics.connect_time.record(connect_time.as_secs_f64());
                 return Ok(Upstream {
                     stream,
                     lease,
-                    connect_time: elapsed,
-                    attempts: attempt,
+                    connect_time,
+                    attempts,
                 });
             }
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => AttemptResult::Refused,
-            Ok(Err(e)) => {
-                tracing::debug!(pool = %pool.name, server = %lease.server().name, %addr, "connect failed: {e}");
-                AttemptResult::Error
-            }
-            Err(_) => AttemptResult::Timeout,
+            Err(failed) => failed,
         };
-        lease.server().metrics.count_attempt(outcome);
-        pool.record_connect(lease.server(), outcome);
-        if attempt <= pool.retries {
+        server.metrics.count_attempt(result);
+        pool.record_connect(&server, result);
+        if attempts <= pool.retries {
             pool.metrics.retries.increment(1);
         }
-        tried.push(lease.server().id);
-        last = Some((outcome, addr));
+        tried.push(server.id);
+        last = Some((result, server.addr, reason));
     }
     match last {
         None => Err(ConnectError::NoServer),
-        Some((last, server)) => Err(ConnectError::Failed {
+        Some((last, server, reason)) => Err(ConnectError::Failed {
             attempts: tried.len() as u32,
             last,
             server,
+            reason,
         }),
     }
 }
 
-/// Opens a connection to `addr` as the pool's connections are opened (keepalive, source
-/// address); health checks use it too, so they test the path traffic takes.
+/// Opens a connection to `addr` as the pool's connections are opened (TCP_NODELAY, source
+/// address); health checks use it too, so they test the path traffic takes. The pool's
+/// keepalive options are the session's to set, once the connection has lasted a moment
+/// (`Session::relay_until_end`): most short connections end before they could matter.
 pub(crate) async fn open(addr: SocketAddr, pool: &Pool) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_nonblocking(true)?;
-    sockopt::configure_stream(&SockRef::from(&socket), &pool.keepalive)?;
+    let socket = new_stream_socket(addr)?;
+    socket.set_tcp_nodelay(true)?;
     if let Some(source) = pool.source {
         // The stable egress address an upstream firewall allowlists; the port is the kernel's.
         sockopt::bind_address_no_port(&socket)?;
@@ -123,4 +156,19 @@ pub(crate) async fn open(addr: SocketAddr, pool: &Pool) -> io::Result<TcpStream>
     }
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     socket.connect(addr).await
+}
+
+/// A non-blocking TCP socket for `addr`'s family: on Linux made so by socket(2) itself, which
+/// saves the two fcntl calls of `set_nonblocking` on every upstream connection.
+fn new_stream_socket(addr: SocketAddr) -> io::Result<Socket> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    }
 }

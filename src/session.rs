@@ -19,16 +19,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::access_log::Record;
-use crate::config::{PoolTls, ProxyProtocol, RouteFallback, SendProxy};
-use crate::connect::{self, ConnectError};
+use crate::config::{Keepalive, PoolTls, ProxyProtocol, RouteFallback, SendProxy};
+use crate::connect::{self, AttemptResult, ConnectError};
 use crate::daemon::{Phase, Shared};
 use crate::handshake::{self, ClientIdentity, HandshakeError, Hello};
 use crate::limits::{ClientLimits, Permit};
 use crate::listener::ListenerSettings;
-use crate::pool::{Pool, Server};
+use crate::pool::{Pool, Server, ServerLease};
 use crate::proxy_protocol::{self, Accept};
 use crate::quiet::Quiet;
-use crate::relay::stream::{Pooled, StreamRelay};
+use crate::relay::stream::{Pooled, StreamRelay, Transport};
 use crate::relay::{Ended, Relay, Running, Side};
 use crate::sockopt;
 use crate::telemetry;
@@ -60,7 +60,7 @@ pub enum End {
     NoServer,
     ConnectFailed,
     /// The TLS handshake with the server failed (a pool with TLS); how. Logged and counted as
-    /// `connect_failed`, with the TLS reason as detail.
+    /// `connect_failed`, with the TLS reason as detail, like any failed connect.
     UpstreamTls(&'static str),
     /// Closed by the relay: its server went down (`on_down = "close"`) or left DNS.
     ServerDown,
@@ -115,6 +115,10 @@ impl End {
         }
     }
 }
+
+/// How long a relayed connection lasts before its server socket gets the pool's keepalive
+/// options (or one tick of the idle check, if sooner).
+const KEEPALIVE_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Session {
     peer: SocketAddr,
@@ -217,72 +221,37 @@ impl Session {
         };
         self.record.pool = Some(Arc::clone(&pool.name));
 
-        // Connect, retrying on other servers.
-        let upstream = match connect::connect(&pool, client_ip).await {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %identity.addr, "{}", describe(&error));
-                return refuse_now(
-                    client.socket(),
-                    match error {
-                        ConnectError::NoServer => End::NoServer,
-                        ConnectError::Failed { .. } => End::ConnectFailed,
-                    },
-                );
+        // Connect, retrying on other servers. The PROXY header for the server goes first, in
+        // the clear; where the pool originates TLS, the handshake follows it within the same
+        // attempt. Then what the client already sent.
+        let preamble = proxy_header_for(&pool, &identity);
+        let connected = match &pool.config.tls {
+            None => {
+                self.connect_plain(&pool, client_ip, preamble, &first_bytes)
+                    .await
             }
-        };
-        let server = Arc::clone(upstream.lease.server());
-        self.record.server = Some(Arc::clone(&server.name));
-        self.record.server_addr = Some(server.addr);
-        self.record.connect_time = Some(upstream.connect_time);
-
-        // The PROXY header for the server (always in the clear), then what the client already
-        // sent: in the same write, unless TLS to the server comes between them.
-        let mut server_stream = upstream.stream;
-        let originate = pool.config.tls.as_ref();
-        let mut preamble = proxy_header_for(&pool, &identity);
-        if originate.is_none() {
-            preamble.extend_from_slice(&first_bytes);
-        }
-        if !preamble.is_empty() {
-            if let Err(e) = server_stream.write_all(&preamble).await {
-                tracing::debug!(server = %server.addr, "writing the connection's first bytes: {e}");
-                sockopt::reset_on_close(&SockRef::from(client.socket()));
-                return End::ServerReset;
-            }
-        }
-        let server_stream = match originate {
-            None => ServerStream::Plain(server_stream),
             Some(tls) => {
-                let mut stream = match self.originate(server_stream, tls, &pool, &server).await {
-                    Ok(stream) => stream,
-                    Err(end) => return refuse_now(client.socket(), end),
-                };
-                if !first_bytes.is_empty() {
-                    let sent = async {
-                        stream.write_all(&first_bytes).await?;
-                        stream.flush().await
-                    };
-                    if let Err(e) = sent.await {
-                        tracing::debug!(server = %server.addr, "writing the connection's first bytes: {e}");
-                        sockopt::reset_on_close(&SockRef::from(client.socket()));
-                        return End::ServerReset;
-                    }
-                }
-                ServerStream::Tls(stream)
+                self.connect_tls(&pool, tls, client_ip, &preamble, &first_bytes)
+                    .await
             }
         };
+        let (server_stream, lease) = match connected {
+            Ok(connected) => connected,
+            Err(end) => return refuse_now(client.socket(), end),
+        };
+        let server = Arc::clone(lease.server());
         self.record.bytes_client_to_server = first_bytes.len() as u64;
-        drop((preamble, first_bytes));
+        drop(first_bytes);
 
         // Relay both ways until both sides have ended, the connection idles out, or a drain
         // reaches its deadline: splice or copy between plain sockets, the buffered relay where
         // TLS is spoken on either side.
-        let buffer_size = self.listener.relay.buffer_size;
         let end = match (client, server_stream) {
             (ClientStream::Plain(client), ServerStream::Plain(server_stream)) => {
                 let mut relay = Relay::new(client, server_stream, self.listener.relay);
-                let end = self.relay_until_end(&mut relay, &server).await;
+                let end = self
+                    .relay_until_end(&mut relay, &server, &pool.keepalive)
+                    .await;
                 self.record_bytes(relay.bytes());
                 if relay.splice_fallbacks() > 0 {
                     self.listener
@@ -293,31 +262,19 @@ impl Session {
                 end
             }
             (ClientStream::Plain(client), ServerStream::Tls(server_stream)) => {
-                let client = Pooled::new(client, buffer_size);
-                let server_stream = Pooled::new(server_stream, buffer_size);
-                let mut relay = StreamRelay::new(client, server_stream);
-                let end = self.relay_until_end(&mut relay, &server).await;
-                self.record_bytes(relay.bytes());
-                end
+                self.relay_buffered(client, server_stream, &server, &pool.keepalive)
+                    .await
             }
             (ClientStream::Tls(client), ServerStream::Plain(server_stream)) => {
-                let client = Pooled::new(client, buffer_size);
-                let server_stream = Pooled::new(server_stream, buffer_size);
-                let mut relay = StreamRelay::new(client, server_stream);
-                let end = self.relay_until_end(&mut relay, &server).await;
-                self.record_bytes(relay.bytes());
-                end
+                self.relay_buffered(client, server_stream, &server, &pool.keepalive)
+                    .await
             }
             (ClientStream::Tls(client), ServerStream::Tls(server_stream)) => {
-                let client = Pooled::new(client, buffer_size);
-                let server_stream = Pooled::new(server_stream, buffer_size);
-                let mut relay = StreamRelay::new(client, server_stream);
-                let end = self.relay_until_end(&mut relay, &server).await;
-                self.record_bytes(relay.bytes());
-                end
+                self.relay_buffered(client, server_stream, &server, &pool.keepalive)
+                    .await
             }
         };
-        drop(upstream.lease);
+        drop(lease);
         end
     }
 
@@ -353,16 +310,122 @@ impl Session {
         })
     }
 
-    /// TLS to the server, within the pool's connect timeout. A failure is logged with its
-    /// reason (an untrusted certificate, a name mismatch, ...) and ends the connection: the
-    /// next server would most likely present the same certificate.
-    async fn originate(
+    /// Connects to a server of a plain pool (`connect::connect`: retries, counts, passive
+    /// health), then sends the PROXY header and what the client already sent in one write.
+    async fn connect_plain(
         &mut self,
+        pool: &Pool,
+        client_ip: IpAddr,
+        mut preamble: Vec<u8>,
+        first_bytes: &[u8],
+    ) -> Result<(ServerStream, ServerLease), End> {
+        let upstream = match connect::connect(pool, client_ip).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, "{}", describe(&error));
+                return Err(match error {
+                    ConnectError::NoServer => End::NoServer,
+                    ConnectError::Failed { .. } => End::ConnectFailed,
+                });
+            }
+        };
+        self.record_server(upstream.lease.server(), upstream.connect_time);
+        let mut stream = upstream.stream;
+        preamble.extend_from_slice(first_bytes);
+        if !preamble.is_empty() {
+            if let Err(e) = stream.write_all(&preamble).await {
+                tracing::debug!(server = %upstream.lease.server().addr, "writing the connection's first bytes: {e}");
+                return Err(End::ServerReset);
+            }
+        }
+        Ok((ServerStream::Plain(stream), upstream.lease))
+    }
+
+    /// Connects to a server of a pool that originates TLS. As `connect::connect` does for plain
+    /// pools (the same picks, retries, counts and passive health), except that an attempt
+    /// succeeds only once the PROXY header is written and the TLS handshake is done: a server
+    /// whose handshake fails (an untrusted certificate, plain TCP where TLS was expected) is a
+    /// failed connect like a refused one, counted under its `error` (or `timeout`) result, and
+    /// the next attempt goes to another server. The connect time includes the handshake. Then
+    /// what the client already sent goes to the server.
+    async fn connect_tls(
+        &mut self,
+        pool: &Pool,
+        tls: &PoolTls,
+        client_ip: IpAddr,
+        preamble: &[u8],
+        first_bytes: &[u8],
+    ) -> Result<(ServerStream, ServerLease), End> {
+        let this = &*self;
+        let attempt = |server: Arc<Server>| async move {
+            this.attempt_tls(pool, tls, &server, preamble).await
+        };
+        let upstream = match connect::connect_with(pool, client_ip, attempt).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, "{}", describe(&error));
+                return Err(match error {
+                    ConnectError::NoServer => End::NoServer,
+                    ConnectError::Failed { reason, .. } => reason,
+                });
+            }
+        };
+        let server = upstream.lease.server();
+        self.record_server(server, upstream.connect_time);
+        let mut stream = upstream.stream;
+        if !first_bytes.is_empty() {
+            let sent = async {
+                stream.write_all(first_bytes).await?;
+                stream.flush().await
+            };
+            if let Err(e) = sent.await {
+                tracing::debug!(server = %server.addr, "writing the connection's first bytes: {e}");
+                return Err(End::ServerReset);
+            }
+        }
+        Ok((ServerStream::Tls(stream), upstream.lease))
+    }
+
+    /// One attempt to a TLS server: TCP within the connect timeout, the PROXY header, then the
+    /// handshake. A failure: its result for the upstream counts, and how it ends the connection
+    /// if it is the last.
+    async fn attempt_tls(
+        &self,
+        pool: &Pool,
+        tls: &PoolTls,
+        server: &Server,
+        preamble: &[u8],
+    ) -> Result<Box<Originated>, (AttemptResult, End)> {
+        let opened = tokio::time::timeout(pool.connect_timeout, connect::open(server.addr, pool));
+        let mut stream = match opened.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return Err((AttemptResult::Refused, End::ConnectFailed))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(pool = %pool.name, server = %server.name, addr = %server.addr, "connect failed: {e}");
+                return Err((AttemptResult::Error, End::ConnectFailed));
+            }
+            Err(_) => return Err((AttemptResult::Timeout, End::ConnectFailed)),
+        };
+        if !preamble.is_empty() {
+            if let Err(e) = stream.write_all(preamble).await {
+                tracing::debug!(pool = %pool.name, server = %server.name, addr = %server.addr, "writing the PROXY header: {e}");
+                return Err((AttemptResult::Error, End::ConnectFailed));
+            }
+        }
+        self.originate(stream, tls, pool, server).await
+    }
+
+    /// TLS to the server, within the pool's connect timeout. A failure is logged with its
+    /// reason (an untrusted certificate, a name mismatch, not TLS at all, ...).
+    async fn originate(
+        &self,
         stream: TcpStream,
         tls: &PoolTls,
         pool: &Pool,
         server: &Server,
-    ) -> Result<Box<Originated>, End> {
+    ) -> Result<Box<Originated>, (AttemptResult, End)> {
         let name = match tls::server_name(
             tls.sni.as_deref(),
             server.host.as_deref(),
@@ -371,7 +434,7 @@ impl Session {
             Ok(name) => name,
             Err(message) => {
                 tracing::warn!(pool = %pool.name, server = %server.name, "TLS to {}: {message}", server.addr);
-                return Err(End::UpstreamTls("tls_server_name"));
+                return Err((AttemptResult::Error, End::UpstreamTls("tls_server_name")));
             }
         };
         let handshake = tls::originate(&tls.client, name, stream);
@@ -379,12 +442,43 @@ impl Session {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(error)) => error,
             Err(_) => {
-                tracing::warn!(pool = %pool.name, server = %server.name, "TLS handshake with {} timed out after {:?}", server.addr, pool.connect_timeout);
-                return Err(End::UpstreamTls("tls_timeout"));
+                tracing::warn!(pool = %pool.name, server = %server.name, client = %self.record.client, "TLS handshake with {} timed out after {:?}", server.addr, pool.connect_timeout);
+                return Err((AttemptResult::Timeout, End::UpstreamTls("tls_timeout")));
             }
         };
-        tracing::warn!(pool = %pool.name, server = %server.name, client = %self.record.client, "TLS handshake with {} failed: {error}", server.addr);
-        Err(End::UpstreamTls(Failure::of(&error).label()))
+        let why = Failure::of(&error).label();
+        tracing::warn!(pool = %pool.name, server = %server.name, client = %self.record.client, "TLS handshake with {} failed ({why}): {error}", server.addr);
+        Err((AttemptResult::Error, End::UpstreamTls(why)))
+    }
+
+    /// Relays through the buffered relay: the relay speaks TLS on the client's side, the
+    /// server's, or both.
+    async fn relay_buffered<C, S>(
+        &mut self,
+        client: C,
+        server_stream: S,
+        server: &Server,
+        keepalive: &Keepalive,
+    ) -> End
+    where
+        Pooled<C>: Transport,
+        Pooled<S>: Transport,
+    {
+        let buffer_size = self.listener.relay.buffer_size;
+        let mut relay = StreamRelay::new(
+            Pooled::new(client, buffer_size),
+            Pooled::new(server_stream, buffer_size),
+        );
+        let end = self.relay_until_end(&mut relay, server, keepalive).await;
+        self.record_bytes(relay.bytes());
+        end
+    }
+
+    /// The server a connection was established to, for its access-log line.
+    fn record_server(&mut self, server: &Server, connect_time: Duration) {
+        self.record.server = Some(Arc::clone(&server.name));
+        self.record.server_addr = Some(server.addr);
+        self.record.connect_time = Some(connect_time);
     }
 
     /// Reads the PROXY header when the listener expects one, within the handshake deadline.
@@ -528,13 +622,23 @@ impl Session {
     /// Relays until both sides have ended, the connection idles out, a drain reaches its
     /// deadline, or the server's connections must close. A tick checks for idleness and
     /// publishes the byte counts of long sessions.
-    async fn relay_until_end(&mut self, relay: &mut impl Running, server: &Server) -> End {
+    async fn relay_until_end(
+        &mut self,
+        relay: &mut impl Running,
+        server: &Server,
+        keepalive: &Keepalive,
+    ) -> End {
         let (listener, shared) = (Arc::clone(&self.listener), Arc::clone(&self.shared));
         let already_sent = self.record.bytes_client_to_server;
         let idle_timeout = listener.config.idle_timeout;
         let tick = (idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(5));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-        let mut idle_for = Duration::ZERO;
+        // The server socket's keepalive options (five system calls) wait for the first tick,
+        // at most a second in: most short connections are over by then, and a long one has
+        // them well before a probe or TCP_USER_TIMEOUT could be due.
+        let mut keepalive = keepalive.idle.is_some().then_some(keepalive);
+        let start = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval_at(start + tick.min(KEEPALIVE_AFTER), tick);
+        let mut active_at = start;
         let mut last_bytes = (0, 0);
         let mut phase = shared.phase.subscribe();
         let drain = Arc::clone(&shared);
@@ -550,24 +654,29 @@ impl Session {
         let mut server_down = server.close_signal();
         loop {
             tokio::select! {
-                        biased;
-                        ended = &mut *relay => return end_of(ended),
-                        _ = ticker.tick() => {
-                            let bytes = relay.bytes();
-                            if bytes == last_bytes {
-                                idle_for += tick;
-                                if idle_for >= idle_timeout {
-                                    return End::IdleTimeout;
-                                }
-            } else {
-                                idle_for = Duration::ZERO;
-                                last_bytes = bytes;
-                                self.publish_bytes(already_sent + bytes.0, bytes.1);
-                            }
+                biased;
+                ended = &mut *relay => return end_of(ended),
+                now = ticker.tick() => {
+                    if let Some(keepalive) = keepalive.take() {
+                        let socket = SockRef::from(relay.server_socket());
+                        if let Err(e) = sockopt::set_keepalive(&socket, keepalive) {
+                            tracing::debug!(server = %server.addr, "keepalive options: {e}");
                         }
-                        _ = &mut drain_deadline => return End::DrainDeadline,
-                        _ = &mut server_down => return End::ServerDown,
                     }
+                    let bytes = relay.bytes();
+                    if bytes == last_bytes {
+                        if now.duration_since(active_at) >= idle_timeout {
+                            return End::IdleTimeout;
+                        }
+                    } else {
+                        active_at = now;
+                        last_bytes = bytes;
+                        self.publish_bytes(already_sent + bytes.0, bytes.1);
+                    }
+                }
+                _ = &mut drain_deadline => return End::DrainDeadline,
+                _ = &mut server_down => return End::ServerDown,
+            }
         }
     }
 
@@ -611,19 +720,39 @@ fn end_of(ended: Ended) -> End {
     }
 }
 
-fn describe(error: &ConnectError) -> String {
+/// The log line of a connection that found no server: for a TLS pool, the last attempt's
+/// reason is its end's detail (`tls_certificate_unknown_issuer`, ...).
+fn describe<E: Describe>(error: &ConnectError<E>) -> String {
     match error {
         ConnectError::NoServer => "no server available".to_string(),
         ConnectError::Failed {
             attempts,
             last,
             server,
+            reason,
         } => {
             format!(
                 "connect failed after {attempts} attempt(s), last to {server}: {}",
-                last.as_str()
+                reason.detail().unwrap_or(last.as_str())
             )
         }
+    }
+}
+
+/// What a failed attempt adds to the log line: nothing for TCP, the TLS reason for TLS.
+trait Describe {
+    fn detail(&self) -> Option<&str>;
+}
+
+impl Describe for () {
+    fn detail(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Describe for End {
+    fn detail(&self) -> Option<&str> {
+        End::detail(*self)
     }
 }
 

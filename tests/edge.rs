@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// How long any single network step may take before the test fails.
@@ -165,38 +165,7 @@ fn start_relay<T>(build: impl Fn() -> (String, T)) -> (RelayProcess, T) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sockets.
-
-async fn connect(to: SocketAddr) -> TcpStream {
-    let stream = tokio::time::timeout(IO_LIMIT, TcpStream::connect(to))
-        .await
-        .expect("connect in time")
-        .expect("connect to the relay");
-    stream.set_nodelay(true).unwrap();
-    stream
-}
-
-/// Connects from a chosen loopback address (127.0.0.x), port chosen by the kernel at bind
-/// time, so the `client=` the relay logs is known even when the connect itself fails: a relay
-/// that refuses at once can reset the connection before `connect` returns.
-async fn open(ip: &str, to: SocketAddr) -> (String, std::io::Result<TcpStream>) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(ip.parse().unwrap(), 0))
-        .expect("bind a loopback source address");
-    let client = socket.local_addr().unwrap().to_string();
-    let stream = tokio::time::timeout(IO_LIMIT, socket.connect(to))
-        .await
-        .expect("connect in time");
-    if let Ok(stream) = &stream {
-        stream.set_nodelay(true).unwrap();
-    }
-    (client, stream)
-}
-
-async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
-    open(ip, to).await.1.expect("connect to the relay")
-}
+// Sockets (`connect`, `open`, `connect_from`: tests/common).
 
 fn is_reset(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
@@ -345,51 +314,7 @@ async fn next_received(rx: &mut mpsc::UnboundedReceiver<Received>, what: &str) -
 }
 
 // ---------------------------------------------------------------------------------------------
-// The access log.
-
-/// The value of `key=` in an access-log line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// How many lines the access log has: a mark to search from for the next connection's line.
-/// Client ports are reused (another listener, or after TIME_WAIT reuse on loopback), so a
-/// socket-named client is looked up only in lines written after its connection was opened.
-fn log_mark(relay: &RelayProcess) -> usize {
-    relay.access_log().lines().count()
-}
-
-/// Waits for the access-log line whose `client=` is `client` (unique in the whole log, like the
-/// sources named in PROXY headers here); returns it.
-async fn log_for(relay: &RelayProcess, client: &str) -> String {
-    log_since(relay, 0, client).await
-}
-
-/// Waits for the first access-log line from line `mark` on whose `client=` is `client`.
-async fn log_since(relay: &RelayProcess, mark: usize, client: &str) -> String {
-    let found = |log: &str| {
-        log.lines()
-            .skip(mark)
-            .find(|l| field(l, "client") == Some(client))
-            .map(str::to_string)
-    };
-    eventually(IO_LIMIT, || found(&relay.access_log()).is_some()).await;
-    found(&relay.access_log()).unwrap_or_else(|| {
-        panic!(
-            "no access-log line for client={client} after line {mark}:\n{}",
-            relay.access_log()
-        )
-    })
-}
-
-/// Waits for the first access-log line that satisfies `wanted`; returns it.
-async fn log_where(relay: &RelayProcess, what: &str, wanted: impl Fn(&str) -> bool) -> String {
-    let found = |log: &str| log.lines().find(|l| wanted(l)).map(str::to_string);
-    eventually(IO_LIMIT, || found(&relay.access_log()).is_some()).await;
-    found(&relay.access_log())
-        .unwrap_or_else(|| panic!("no access-log line for {what}:\n{}", relay.access_log()))
-}
+// The access log (`field`, `log_mark`, `log_for`, `log_since`, `log_where`: tests/common).
 
 /// Asserts each `key=value` of `expected` in `line`; `None` means the field is absent.
 fn assert_fields(line: &str, expected: &[(&str, Option<&str>)]) {

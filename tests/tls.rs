@@ -83,7 +83,27 @@ impl Ca {
     /// A certificate for `names` (DNS names or IP addresses) in `{file}.pem` and `{file}.key`.
     fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).unwrap();
+        self.sign(file, CertificateParams::new(names).unwrap())
+    }
+
+    /// Like `leaf`, valid until `days` days from now (negative: expired that long ago).
+    fn leaf_expiring(&self, file: &str, names: &[&str], days: i64) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let offset = Duration::from_secs(days.unsigned_abs() * 86_400);
+        let until = if days >= 0 {
+            now + offset
+        } else {
+            now - offset
+        };
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + until;
+        self.sign(file, params)
+    }
+
+    fn sign(&self, file: &str, params: CertificateParams) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &*self.issuer).unwrap();
         let cert_file = self.dir.join(format!("{file}.pem"));
@@ -176,29 +196,6 @@ impl ServerCertVerifier for AnyCertificate {
 
 type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// A TCP connection to `to`, with its local address (the `client=` of its access-log line).
-async fn connect(to: SocketAddr) -> (TcpStream, SocketAddr) {
-    let stream = tokio::time::timeout(IO_LIMIT, TcpStream::connect(to))
-        .await
-        .expect("connect in time")
-        .expect("connect to the relay");
-    stream.set_nodelay(true).unwrap();
-    let local = stream.local_addr().unwrap();
-    (stream, local)
-}
-
-/// Connects from a port bound first, so the `client=` of the access log is known even when
-/// the relay refuses so fast that its reset beats `connect` returning.
-async fn connect_maybe_refused(to: SocketAddr) -> (std::io::Result<TcpStream>, SocketAddr) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let local = socket.local_addr().unwrap();
-    let stream = tokio::time::timeout(IO_LIMIT, socket.connect(to))
-        .await
-        .expect("connect in time");
-    (stream, local)
-}
-
 /// A TLS handshake as `name` over `tcp`.
 async fn handshake(
     tcp: TcpStream,
@@ -217,7 +214,8 @@ async fn tls_connect(
     name: &str,
     config: Arc<ClientConfig>,
 ) -> (ClientTls, SocketAddr) {
-    let (tcp, local) = connect(to).await;
+    let tcp = connect(to).await;
+    let local = tcp.local_addr().unwrap();
     let tls = handshake(tcp, name, config)
         .await
         .unwrap_or_else(|e| panic!("TLS handshake as {name}: {e}"));
@@ -285,6 +283,9 @@ enum Behaviour {
     Echo,
     /// Reads until the client's end, then writes this many payload bytes (seed 7) and ends.
     ReplyAfterEnd(u64),
+    /// Writes this many payload bytes (seed 7) and ends its side first, then reads until the
+    /// client's end.
+    ReplyFirst(u64),
 }
 
 /// What an upstream test server saw of one connection, once it is over.
@@ -292,6 +293,8 @@ enum Behaviour {
 struct Seen {
     /// The SNI of the TLS handshake (None: none sent, or not TLS).
     sni: Option<String>,
+    /// The ALPN protocol the handshake agreed on (None: none, or not TLS).
+    alpn: Option<String>,
     /// Bytes read before the end.
     received: u64,
     /// The client's end arrived cleanly: a FIN (plain) or close_notify (TLS).
@@ -314,12 +317,16 @@ async fn upstream(
             let (tls, tx) = (tls.clone(), tx.clone());
             tokio::spawn(async move {
                 let seen = match tls {
-                    None => serve(tcp, behaviour, None).await,
+                    None => serve(tcp, behaviour, None, None).await,
                     Some(config) => match TlsAcceptor::from(config).accept(tcp).await {
                         Err(_) => return,
                         Ok(stream) => {
-                            let sni = stream.get_ref().1.server_name().map(str::to_string);
-                            serve(stream, behaviour, sni).await
+                            let session = stream.get_ref().1;
+                            let sni = session.server_name().map(str::to_string);
+                            let alpn = session
+                                .alpn_protocol()
+                                .map(|p| String::from_utf8_lossy(p).into_owned());
+                            serve(stream, behaviour, sni, alpn).await
                         }
                     },
                 };
@@ -334,19 +341,16 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     behaviour: Behaviour,
     sni: Option<String>,
+    alpn: Option<String>,
 ) -> Seen {
     let (mut r, mut w) = tokio::io::split(stream);
-    match behaviour {
+    let (received, clean_end) = match behaviour {
         Behaviour::Echo => {
             let copied = tokio::io::copy(&mut r, &mut w).await;
             if copied.is_ok() {
                 let _ = w.shutdown().await;
             }
-            Seen {
-                sni,
-                received: copied.as_ref().map_or(0, |n| *n),
-                clean_end: copied.is_ok(),
-            }
+            (copied.as_ref().map_or(0, |n| *n), copied.is_ok())
         }
         Behaviour::ReplyAfterEnd(len) => {
             let received = receive_all(&mut r).await;
@@ -354,24 +358,38 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 send_payload(&mut w, 7, len).await;
                 let _ = w.shutdown().await;
             }
-            Seen {
-                sni,
-                received: received.as_ref().map_or(0, |(n, _)| *n),
-                clean_end: received.is_ok(),
-            }
+            (received.as_ref().map_or(0, |(n, _)| *n), received.is_ok())
         }
+        Behaviour::ReplyFirst(len) => {
+            send_payload(&mut w, 7, len).await;
+            w.shutdown().await.expect("the server ends its side");
+            let received = receive_all(&mut r).await;
+            (received.as_ref().map_or(0, |(n, _)| *n), received.is_ok())
+        }
+    };
+    Seen {
+        sni,
+        alpn,
+        received,
+        clean_end,
     }
 }
 
 fn server_config(leaf: &Leaf) -> Arc<ServerConfig> {
-    Arc::new(
-        ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![leaf.der.clone()], leaf.key())
-            .unwrap(),
-    )
+    server_config_with_alpn(leaf, &[])
+}
+
+/// A server that agrees on one of `alpn` (in its order of preference) with a client that
+/// offers ALPN, and refuses one that offers none of them.
+fn server_config_with_alpn(leaf: &Leaf, alpn: &[&str]) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], leaf.key())
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
 }
 
 async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, what: &str) -> Seen {
@@ -452,18 +470,6 @@ fn start_relay<T>(build: impl Fn() -> (String, T)) -> (RelayProcess, T) {
     unreachable!()
 }
 
-/// The access-log line of the connection from `client`, once it is written.
-async fn log_line(relay: &RelayProcess, client: impl std::fmt::Display) -> String {
-    let needle = format!(" client={client} ");
-    let found = eventually(IO_LIMIT, || relay.access_log().contains(&needle)).await;
-    let log = relay.access_log();
-    assert!(found, "no access-log line for {client}:\n{log}");
-    log.lines()
-        .find(|l| l.contains(&needle))
-        .unwrap()
-        .to_string()
-}
-
 fn assert_fields(line: &str, fields: &[&str]) {
     for field in fields {
         assert!(
@@ -527,7 +533,7 @@ async fn termination_relays_verified_bytes_both_ways() {
     assert_eq!(n, LEN);
     assert_eq!(digest, sent, "bytes changed on the way");
 
-    let line = log_line(&relay, local).await;
+    let line = log_for(&relay, local).await;
     assert_fields(
         &line,
         &[
@@ -571,7 +577,8 @@ async fn origination_verifies_the_server_and_sends_its_name() {
     });
 
     // The pool's sni: sent, and the certificate verified against it.
-    let (mut client, local) = connect(by_name).await;
+    let mut client = connect(by_name).await;
+    let local = client.local_addr().unwrap();
     assert_echo(&mut client, b"hello over TLS", "sni = upstream.test").await;
     client.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -582,22 +589,22 @@ async fn origination_verifies_the_server_and_sends_its_name() {
         got.clean_end,
         "the client's FIN reached the server as close_notify"
     );
-    assert_fields(&log_line(&relay, local).await, &["end=client_closed"]);
+    assert_fields(&log_for(&relay, local).await, &["end=client_closed"]);
 
     // An IP-literal server without sni: no SNI sent, the certificate's IP address verified.
-    let (mut client, _) = connect(by_ip).await;
+    let mut client = connect(by_ip).await;
     assert_echo(&mut client, b"by address", "server given by IP").await;
     drop(client);
     let got = next_seen(&mut seen, "by IP").await;
     assert_eq!(got.sni, None, "no SNI for an IP address");
 
     // A certificate from an unknown CA: refused, the client closed, the reason logged.
-    let (client, local) = connect_maybe_refused(untrusted).await;
+    let (local, client) = open("127.0.0.1", untrusted).await;
     match client {
         Ok(mut client) => assert_refused(&mut client, "untrusted server certificate").await,
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
     }
-    let line = log_line(&relay, local).await;
+    let line = log_for(&relay, local).await;
     assert_fields(
         &line,
         &[
@@ -651,7 +658,7 @@ async fn terminate_and_originate_at_once() {
     assert!(got.clean_end);
     assert_eq!(got.received, LEN);
     assert_fields(
-        &log_line(&relay, local).await,
+        &log_for(&relay, local).await,
         &["sni=relay.test", "end=client_closed", "bytes_c2s=2097152"],
     );
     let _ = std::fs::remove_dir_all(dir);
@@ -706,26 +713,25 @@ async fn client_certificates_accepted_and_refused() {
             "detail=client_certificate_invalid",
         ),
     ] {
-        let (tcp, local) = connect(required).await;
+        let tcp = connect(required).await;
+        let local = tcp.local_addr().unwrap();
         if let Ok(mut tls) = handshake(tcp, "relay.test", client_config(roots(), identity)).await {
             assert_refused(&mut tls, who).await;
         }
-        assert_fields(
-            &log_line(&relay, local).await,
-            &["end=refused_rule", detail],
-        );
+        assert_fields(&log_for(&relay, local).await, &["end=refused_rule", detail]);
     }
 
     // client_auth = "optional": no certificate is fine, an untrusted one is not.
     let (mut tls, _) = tls_connect(optional, "relay.test", client_config(roots(), None)).await;
     assert_echo(&mut tls, b"anonymous", "optional client auth").await;
-    let (tcp, local) = connect(optional).await;
+    let tcp = connect(optional).await;
+    let local = tcp.local_addr().unwrap();
     if let Ok(mut tls) = handshake(tcp, "relay.test", client_config(roots(), Some(&stranger))).await
     {
         assert_refused(&mut tls, "optional, untrusted certificate").await;
     }
     assert_fields(
-        &log_line(&relay, local).await,
+        &log_for(&relay, local).await,
         &["end=refused_rule", "detail=client_certificate_invalid"],
     );
     let _ = std::fs::remove_dir_all(dir);
@@ -815,7 +821,7 @@ async fn proxy_v2_header_then_tls() {
     header.extend_from_slice(&[203, 0, 113, 7, 10, 0, 0, 1]);
     header.extend_from_slice(&40000u16.to_be_bytes());
     header.extend_from_slice(&443u16.to_be_bytes());
-    let (mut tcp, _) = connect(listen).await;
+    let mut tcp = connect(listen).await;
     tcp.write_all(&header).await.unwrap();
     let mut tls = handshake(tcp, "relay.test", client_config(ca.roots(), None))
         .await
@@ -825,7 +831,7 @@ async fn proxy_v2_header_then_tls() {
     let mut rest = Vec::new();
     let _ = tls.read_to_end(&mut rest).await;
 
-    let line = log_line(&relay, "203.0.113.7:40000").await;
+    let line = log_for(&relay, "203.0.113.7:40000").await;
     assert_fields(&line, &["sni=relay.test", "end=client_closed"]);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -881,7 +887,7 @@ async fn half_close_is_carried_as_close_notify() {
 
     // Plain client: its FIN reaches the TLS server as close_notify (rustls would report a
     // truncation otherwise, and the server would not reply); the reply comes back whole.
-    let (mut client, _) = connect(originating).await;
+    let mut client = connect(originating).await;
     send_payload(&mut client, 5, REQUEST).await;
     client.shutdown().await.unwrap();
     let received = tokio::time::timeout(Duration::from_secs(30), receive_all(&mut client))
@@ -945,9 +951,38 @@ async fn certificates_are_reloaded_on_sighup() {
     assert_eq!(peer_certificate(&kept), second.der, "after a bad reload");
     assert_echo(&mut kept, b"kept", "kept certificate").await;
     assert_echo(&mut established, b"and still", "established connection").await;
+
+    // A missing key (the certificate repaired): refused in the same way, naming the file.
+    second.install(&cert_file, &key_file);
+    std::fs::remove_file(&key_file).unwrap();
+    relay.signal("HUP");
+    let refused_twice = eventually(IO_LIMIT, || {
+        relay
+            .stderr()
+            .matches("still running the previous config")
+            .count()
+            >= 2
+    })
+    .await;
+    let stderr = relay.stderr();
+    assert!(
+        refused_twice,
+        "the second reload was not refused:\n{stderr}"
+    );
+    let reported = stderr.lines().any(|l| {
+        l.contains("reload: ")
+            && l.contains("listener[0].tls.key: cannot read")
+            && l.contains("relay.key")
+            && l.contains("No such file")
+    });
+    assert!(reported, "no located error for the missing key:\n{stderr}");
+    let (mut kept, _) = tls_connect(listen, "relay.test", client()).await;
+    assert_eq!(peer_certificate(&kept), second.der, "after a missing key");
+    assert_echo(&mut kept, b"kept again", "kept certificate").await;
+    assert_echo(&mut established, b"and on", "established connection").await;
     let metrics = http_get(admin, "/metrics").await;
     assert!(
-        metrics.contains("l4relay_config_reloads_total{result=\"error\"} 1"),
+        metrics.contains("l4relay_config_reloads_total{result=\"error\"} 2"),
         "{metrics}"
     );
     let _ = std::fs::remove_dir_all(dir);
@@ -1029,6 +1064,451 @@ fn check_reports_certificate_files_and_unverified_pools() {
         stderr.contains("warning:")
             && stderr.contains("pool[0].tls.verify")
             && stderr.contains("NOT verified"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_from_the_server_side_is_carried_too() {
+    let dir = scratch_dir("tls-server-half-close");
+    let ca = Ca::new(&dir, "main");
+    let front = ca.leaf("front", &["relay.test"]);
+    let back = ca.leaf("back", &["upstream.test"]);
+    const REPLY: u64 = 3 << 20;
+    const REQUEST: u64 = 1 << 20;
+    let (plain, mut plain_seen) = upstream(None, Behaviour::ReplyFirst(REPLY)).await;
+    let (tls_server, mut tls_seen) =
+        upstream(Some(server_config(&back)), Behaviour::ReplyFirst(REPLY)).await;
+    let ca_file = ca.file.display().to_string();
+    let (relay, (terminating, originating)) = start_relay(|| {
+        let (terminating, originating) = (listen_addr(), listen_addr());
+        let config = relay_config(
+            None,
+            &[
+                listener("terminate", terminating, "plain", &listener_tls(&front, "")),
+                listener("originate", originating, "tls", ""),
+            ],
+            &[
+                pool("plain", &[plain], ""),
+                pool(
+                    "tls",
+                    &[tls_server],
+                    &format!(
+                        "  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n"
+                    ),
+                ),
+            ],
+        );
+        (config, (terminating, originating))
+    });
+    let reply_digest = payload_digest(7, REPLY);
+
+    // A plain server ends first: its FIN reaches the TLS client as close_notify after the whole
+    // reply (a bare FIN would be an error for the client here); the client then still sends.
+    let (tls, local) =
+        tls_connect(terminating, "relay.test", client_config(ca.roots(), None)).await;
+    let (mut r, mut w) = tokio::io::split(tls);
+    let received = tokio::time::timeout(Duration::from_secs(30), receive_all(&mut r))
+        .await
+        .expect("reply in time")
+        .expect("the whole reply, then close_notify");
+    assert_eq!(received, (REPLY, reply_digest));
+    send_payload(&mut w, 5, REQUEST).await;
+    w.shutdown().await.unwrap();
+    let got = next_seen(&mut plain_seen, "plain server").await;
+    assert!(got.clean_end && got.received == REQUEST, "{got:?}");
+    assert_fields(
+        &log_for(&relay, local).await,
+        &[
+            "end=server_closed",
+            "bytes_c2s=1048576",
+            "bytes_s2c=3145728",
+        ],
+    );
+
+    // A TLS server ends first: its close_notify reaches the plain client as a FIN after the
+    // whole reply; the client's request still reaches the server, ended by close_notify.
+    let mut client = connect(originating).await;
+    let local = client.local_addr().unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(30), receive_all(&mut client))
+        .await
+        .expect("reply in time")
+        .expect("the whole reply, then FIN");
+    assert_eq!(received, (REPLY, reply_digest));
+    send_payload(&mut client, 5, REQUEST).await;
+    client.shutdown().await.unwrap();
+    let got = next_seen(&mut tls_seen, "TLS server").await;
+    assert!(got.clean_end && got.received == REQUEST, "{got:?}");
+    assert_fields(&log_for(&relay, local).await, &["end=server_closed"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// How far a client goes into its TLS handshake with the relay's listener.
+enum Stall {
+    /// Opens TCP and sends nothing.
+    Silent,
+    /// Sends its ClientHello, then nothing more (the relay answers and waits for Finished).
+    AfterClientHello,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_timeout_covers_the_tls_handshake() {
+    let dir = scratch_dir("tls-handshake-timeout");
+    let ca = Ca::new(&dir, "main");
+    let cert = ca.leaf("relay", &["relay.test"]);
+    let (echo, accepted) = echo_server().await;
+    let (relay, listen) = start_relay(|| {
+        let listen = listen_addr();
+        let extra = format!("handshake_timeout = \"500ms\"\n{}", listener_tls(&cert, ""));
+        let config = relay_config(
+            None,
+            &[listener("tls", listen, "p", &extra)],
+            &[pool("p", &[echo], "")],
+        );
+        (config, listen)
+    });
+
+    for stall in [Stall::Silent, Stall::AfterClientHello] {
+        let what = match stall {
+            Stall::Silent => "silent client",
+            Stall::AfterClientHello => "client stalled after its ClientHello",
+        };
+        let mut tcp = connect(listen).await;
+        let local = tcp.local_addr().unwrap();
+        let started = std::time::Instant::now();
+        if let Stall::AfterClientHello = stall {
+            let name = ServerName::try_from("relay.test").unwrap();
+            let mut tls = rustls::ClientConnection::new(looking_client(), name).unwrap();
+            let mut hello = Vec::new();
+            tls.write_tls(&mut hello).unwrap();
+            tcp.write_all(&hello).await.unwrap();
+        }
+        // Whatever the relay sends (its handshake messages), then the end.
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut answered = 0;
+        loop {
+            match tokio::time::timeout(IO_LIMIT, tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: still open after {IO_LIMIT:?}"))
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answered += n,
+            }
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(4),
+            "{what}: closed after {took:?}, handshake_timeout is 500ms"
+        );
+        if let Stall::AfterClientHello = stall {
+            assert!(
+                answered > 0,
+                "{what}: the relay did not answer the ClientHello"
+            );
+        }
+        assert_fields(&log_for(&relay, local).await, &["end=handshake_timeout"]);
+    }
+    // Not TLS at all (plain HTTP to a TLS listener): refused at once, and said so.
+    let mut tcp = connect(listen).await;
+    let local = tcp.local_addr().unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: relay.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(IO_LIMIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("plain HTTP refused in time");
+    assert_fields(
+        &log_for(&relay, local).await,
+        &["end=tls_handshake_error", "detail=tls_not_tls"],
+    );
+    assert_eq!(accepted.get(), 0, "no server was connected to");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upstream_handshake_is_a_failed_connect() {
+    let dir = scratch_dir("tls-upstream-failure");
+    let ca = Ca::new(&dir, "main");
+    let other_ca = Ca::new(&dir, "other");
+    let good = ca.leaf("upstream", &["upstream.test"]);
+    let impostor = other_ca.leaf("impostor", &["upstream.test"]);
+    let (untrusted, _) = upstream(Some(server_config(&impostor)), Behaviour::Echo).await;
+    // Plain TCP where TLS is expected: it greets with a line, which is no TLS record.
+    let (plain, _) = named_server("plain").await;
+    let (trusted, mut seen) = upstream(Some(server_config(&good)), Behaviour::Echo).await;
+    let ca_file = ca.file.display().to_string();
+    let (relay, (listen, failing, admin)) = start_relay(|| {
+        let (listen, failing, admin) = (listen_addr(), listen_addr(), listen_addr());
+        let tls = format!("  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n");
+        // Checks once an hour: only live traffic can take the failing servers down in time.
+        let health = "  [pool.health]\n  check = \"tcp\"\n  interval = \"1h\"\n  init_state = \"up\"\n  passive_fall = 2\n";
+        let config = relay_config(
+            Some(admin),
+            &[
+                listener("retried", listen, "p", ""),
+                listener("failing", failing, "bad", ""),
+            ],
+            &[
+                pool(
+                    "p",
+                    &[untrusted, plain, trusted],
+                    &format!("balance = \"first\"\nretries = 2\n{tls}{health}"),
+                ),
+                pool(
+                    "bad",
+                    &[untrusted, plain],
+                    &format!("balance = \"first\"\nretries = 1\n{tls}"),
+                ),
+            ],
+        );
+        (config, (listen, failing, admin))
+    });
+    let attempts = |server: &'static str, result: &'static str| async move {
+        metric(
+            admin,
+            "l4relay_upstream_connections_total",
+            &[("pool", "p"), ("server", server), ("result", result)],
+        )
+        .await
+    };
+
+    // The untrusted server, then the plain one, fail; the third server relays. Each failure
+    // is a failed connect attempt of its server, none a success.
+    for round in 1..=2u32 {
+        let mut client = connect(listen).await;
+        let local = client.local_addr().unwrap();
+        assert_echo(
+            &mut client,
+            b"third time lucky",
+            "retried on the trusted server",
+        )
+        .await;
+        drop(client);
+        next_seen(&mut seen, "the trusted server").await;
+        let line = log_for(&relay, local).await;
+        assert_fields(&line, &["server=p-2"]);
+        for server in ["p-0", "p-1"] {
+            assert_eq!(
+                attempts(server, "error").await,
+                f64::from(round),
+                "{server}"
+            );
+            assert_eq!(attempts(server, "ok").await, 0.0, "{server}");
+        }
+        assert_eq!(attempts("p-2", "ok").await, f64::from(round));
+        let retries = metric(admin, "l4relay_upstream_retries_total", &[("pool", "p")]).await;
+        assert_eq!(retries, f64::from(2 * round));
+    }
+
+    // Two failed handshakes in a row: passive health took both servers down, so the next
+    // client goes straight to the trusted one.
+    let status = get_status(admin).await;
+    for server in ["p-0", "p-1"] {
+        let json = &servers_json(&status, "p", server)[0];
+        assert_eq!(json["state"], "down", "{json}");
+        let reason = json["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("2 connects in a row failed in live traffic (last: error)"),
+            "{reason}"
+        );
+    }
+    let mut client = connect(listen).await;
+    assert_echo(
+        &mut client,
+        b"straight there",
+        "only the trusted server is up",
+    )
+    .await;
+    drop(client);
+    for server in ["p-0", "p-1"] {
+        assert_eq!(
+            attempts(server, "error").await,
+            2.0,
+            "{server} was tried again"
+        );
+    }
+
+    // Every server fails: the last failure's reason is the connection's detail, and stderr
+    // says what each handshake met.
+    let (local, client) = open("127.0.0.1", failing).await;
+    if let Ok(mut client) = client {
+        assert_refused(&mut client, "no server completes the handshake").await;
+    }
+    assert_fields(
+        &log_for(&relay, local).await,
+        &["end=connect_failed", "detail=tls_not_tls"],
+    );
+    let mut relay = relay;
+    relay.wait_for_stderr(
+        &format!("connect failed after 2 attempt(s), last to {plain}: tls_not_tls"),
+        IO_LIMIT,
+    );
+    let stderr = relay.stderr();
+    for (server, why) in [
+        (
+            untrusted,
+            "(tls_certificate_unknown_issuer): invalid peer certificate: UnknownIssuer",
+        ),
+        (
+            plain,
+            "(tls_not_tls): received corrupt message of type InvalidContentType",
+        ),
+    ] {
+        let line = format!("TLS handshake with {server} failed {why}");
+        assert!(
+            stderr.lines().any(|l| l.contains(&line)),
+            "no handshake failure of {server} ({why}) in:\n{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_alpn_is_offered_to_the_servers() {
+    let dir = scratch_dir("tls-alpn");
+    let ca = Ca::new(&dir, "main");
+    let back = ca.leaf("back", &["upstream.test"]);
+    let (server, mut seen) = upstream(
+        Some(server_config_with_alpn(&back, &["h2", "http/1.1"])),
+        Behaviour::Echo,
+    )
+    .await;
+    let ca_file = ca.file.display().to_string();
+    let (relay, (offering, silent, mismatched)) = start_relay(|| {
+        let (offering, silent, mismatched) = (listen_addr(), listen_addr(), listen_addr());
+        let tls = |alpn: &str| {
+            format!("  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n{alpn}")
+        };
+        let config = relay_config(
+            None,
+            &[
+                listener("offering", offering, "offering", ""),
+                listener("silent", silent, "silent", ""),
+                listener("mismatched", mismatched, "mismatched", ""),
+            ],
+            &[
+                pool(
+                    "offering",
+                    &[server],
+                    &tls("  alpn = [\"spdy/3\", \"http/1.1\"]\n"),
+                ),
+                pool("silent", &[server], &tls("")),
+                pool("mismatched", &[server], &tls("  alpn = [\"h3\"]\n")),
+            ],
+        );
+        (config, (offering, silent, mismatched))
+    });
+
+    for (listen, expected) in [(offering, Some("http/1.1")), (silent, None)] {
+        let mut client = connect(listen).await;
+        assert_echo(&mut client, b"which protocol?", "ALPN").await;
+        drop(client);
+        let got = next_seen(&mut seen, "ALPN").await;
+        assert_eq!(got.alpn.as_deref(), expected, "pool of {listen}");
+    }
+
+    // Nothing in common: the server refuses the handshake, and the log says so.
+    let (local, client) = open("127.0.0.1", mismatched).await;
+    if let Ok(mut client) = client {
+        assert_refused(&mut client, "no common ALPN protocol").await;
+    }
+    assert_fields(
+        &log_for(&relay, local).await,
+        &["end=connect_failed", "detail=tls_alert"],
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_pool_is_warned_about_at_start_and_accepts_any_certificate() {
+    let dir = scratch_dir("tls-unverified");
+    let other_ca = Ca::new(&dir, "other");
+    let impostor = other_ca.leaf("impostor", &["somewhere.else"]);
+    let (server, mut seen) = upstream(Some(server_config(&impostor)), Behaviour::Echo).await;
+    let (relay, listen) = start_relay(|| {
+        let listen = listen_addr();
+        let config = relay_config(
+            None,
+            &[listener("l", listen, "p", "")],
+            &[pool(
+                "p",
+                &[server],
+                "  [pool.tls]\n  sni = \"upstream.test\"\n  verify = false\n",
+            )],
+        );
+        (config, listen)
+    });
+    let stderr = relay.stderr();
+    assert!(
+        stderr.lines().any(|l| l.contains("WARN")
+            && l.contains("pool[0].tls.verify")
+            && l.contains("NOT verified")),
+        "no warning at start:\n{stderr}"
+    );
+    let mut client = connect(listen).await;
+    assert_echo(&mut client, b"to whoever answers", "verify = false").await;
+    drop(client);
+    assert_eq!(
+        next_seen(&mut seen, "unverified").await.sni.as_deref(),
+        Some("upstream.test")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn check_warns_of_certificates_that_expire_soon_or_have_expired() {
+    let dir = scratch_dir("tls-expiry");
+    let ca = Ca::new(&dir, "main");
+    let soon = ca.leaf_expiring("soon", &["relay.test"], 10);
+    let expired = ca.leaf_expiring("expired", &["client.test"], -2);
+    let fine = ca.leaf_expiring("fine", &["relay.test"], 90);
+    let (l0, l1, server) = (free_addr(), free_addr(), free_addr());
+    let text = format!(
+        "[admin]\nlisten = \"off\"\n\n{}{}{}",
+        listener("soon", l0, "p", &listener_tls(&soon, "")),
+        listener("fine", l1, "p", &listener_tls(&fine, "")),
+        pool(
+            "p",
+            &[server],
+            &format!(
+                "  [pool.tls]\n  cert = \"{}\"\n  key = \"{}\"\n",
+                expired.cert_file.display(),
+                expired.key_file.display()
+            )
+        ),
+    );
+    let path = dir.join("l4relay.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warned = |key: &str, file: &Path, what: &str| {
+        stderr.lines().any(|l| {
+            l.starts_with("warning:")
+                && l.contains(key)
+                && l.contains(&file.display().to_string())
+                && l.contains(what)
+        })
+    };
+    // 10 days less the moments since the certificate was made: 9 or 10 whole days.
+    assert!(
+        ["expires in 9 day(s), on ", "expires in 10 day(s), on "]
+            .iter()
+            .any(|what| warned("listener[0].tls.cert", &soon.cert_file, what)),
+        "{stderr}"
+    );
+    assert!(
+        warned("pool[0].tls.cert", &expired.cert_file, "expired on "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&fine.cert_file.display().to_string()),
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(dir);

@@ -1264,6 +1264,11 @@ fn read_certificate(
     let chain = tls::read_chain(Path::new(&cert.value))
         .map_err(|message| diag.error(&cert.span, &cert.key, message))
         .ok();
+    if let Some(warning) = chain.as_deref().and_then(|chain| {
+        tls::expiry_warning(Path::new(&cert.value), chain, std::time::SystemTime::now())
+    }) {
+        diag.warn(&cert.span, &cert.key, warning);
+    }
     let private = tls::read_key(Path::new(&key.value))
         .map_err(|message| diag.error(&key.span, &key.key, message))
         .ok();

@@ -1,5 +1,6 @@
-//! Test support: the built `l4relay` binary as a child process, upstream servers on loopback,
-//! deterministic random payloads, and polling with a deadline.
+//! Test support: the built `l4relay` binary as a child process, connecting to it and finding
+//! a connection's access-log line, upstream servers on loopback, deterministic random
+//! payloads, and polling with a deadline.
 #![allow(dead_code)]
 
 use std::io::Read;
@@ -220,6 +221,97 @@ impl Drop for RelayProcess {
     }
 }
 
+/// How long a shared helper waits for one network step (a connect, an access-log line) before
+/// it fails the test.
+pub const STEP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Connects to `to` (a relay's listener) with TCP_NODELAY; the test fails unless it succeeds
+/// within `STEP_LIMIT`.
+pub async fn connect(to: SocketAddr) -> TcpStream {
+    let stream = tokio::time::timeout(STEP_LIMIT, TcpStream::connect(to))
+        .await
+        .expect("connect in time")
+        .expect("connect to the relay");
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Connects from a chosen loopback address (127.0.0.x), port chosen by the kernel at bind
+/// time, so the `client=` the relay logs is known even when the connect itself fails: a relay
+/// that refuses at once can reset the connection before `connect` returns. Returns that
+/// address and the connect's result (within `STEP_LIMIT`).
+pub async fn open(ip: &str, to: SocketAddr) -> (String, std::io::Result<TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(ip.parse().unwrap(), 0))
+        .expect("bind a loopback source address");
+    let client = socket.local_addr().unwrap().to_string();
+    let stream = tokio::time::timeout(STEP_LIMIT, socket.connect(to))
+        .await
+        .expect("connect in time");
+    if let Ok(stream) = &stream {
+        stream.set_nodelay(true).unwrap();
+    }
+    (client, stream)
+}
+
+/// `open`, expecting the connect to succeed.
+pub async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+    open(ip, to).await.1.expect("connect to the relay")
+}
+
+// ---- the access log ----
+
+/// The value of `key=` in an access-log line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// How many lines the access log has: a mark to search from for the next connection's line.
+/// Client ports are reused (another listener, or after TIME_WAIT reuse on loopback), so a
+/// socket-named client is looked up only in lines written after its connection was opened.
+pub fn log_mark(relay: &RelayProcess) -> usize {
+    relay.access_log().lines().count()
+}
+
+/// Waits for the access-log line whose `client=` is `client` (unique in the whole log, like
+/// sources named in PROXY headers); returns it.
+pub async fn log_for(relay: &RelayProcess, client: impl std::fmt::Display) -> String {
+    log_since(relay, 0, client).await
+}
+
+/// Waits (up to `STEP_LIMIT`) for the first access-log line from line `mark` on whose
+/// `client=` is `client`; returns it.
+pub async fn log_since(
+    relay: &RelayProcess,
+    mark: usize,
+    client: impl std::fmt::Display,
+) -> String {
+    let client = client.to_string();
+    let found = |log: &str| {
+        log.lines()
+            .skip(mark)
+            .find(|l| field(l, "client") == Some(client.as_str()))
+            .map(str::to_string)
+    };
+    eventually(STEP_LIMIT, || found(&relay.access_log()).is_some()).await;
+    found(&relay.access_log()).unwrap_or_else(|| {
+        panic!(
+            "no access-log line for client={client} after line {mark}:\n{}",
+            relay.access_log()
+        )
+    })
+}
+
+/// Waits (up to `STEP_LIMIT`) for the first access-log line that satisfies `wanted`.
+pub async fn log_where(relay: &RelayProcess, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let found = |log: &str| log.lines().find(|l| wanted(l)).map(str::to_string);
+    eventually(STEP_LIMIT, || found(&relay.access_log()).is_some()).await;
+    found(&relay.access_log())
+        .unwrap_or_else(|| panic!("no access-log line for {what}:\n{}", relay.access_log()))
+}
+
 /// A minimal config: one listener to one pool of `servers`, plus `extra` lines appended to the
 /// listener and pool tables through the placeholders.
 pub fn config(
@@ -287,25 +379,29 @@ pub async fn named_server(name: &'static str) -> (SocketAddr, Accepted) {
     let count = accepted.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             count.0.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if stream
-                    .write_all(format!("{name}\n").as_bytes())
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
+            tokio::spawn(announce_then_echo(stream, name));
         }
     });
     (addr, accepted)
+}
+
+/// What `named_server` and `Upstream` do with a connection: write `name` and a newline, then
+/// echo, passing the FIN on once everything is written.
+async fn announce_then_echo(mut stream: TcpStream, name: &'static str) {
+    if stream
+        .write_all(format!("{name}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut r, mut w) = stream.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
 }
 
 /// Connects through the relay and reads the name a `named_server` announces.
@@ -440,22 +536,11 @@ impl Upstream {
         let (name, count) = (self.name, self.accepted.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
+                let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 count.0.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if stream
-                        .write_all(format!("{name}\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let (mut r, mut w) = stream.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                    let _ = w.shutdown().await;
-                });
+                tokio::spawn(announce_then_echo(stream, name));
             }
         });
         *self.task.lock().unwrap() = Some(task);
