@@ -19,6 +19,11 @@ use crate::config::Keepalive;
 /// with tcp_retries2 = 15). A peer that answers zero-window probes is not affected.
 pub fn configure_stream(socket: &SockRef<'_>, keepalive: &Keepalive) -> io::Result<()> {
     socket.set_tcp_nodelay(true)?;
+    set_keepalive(socket, keepalive)
+}
+
+/// Applies the keepalive settings (and TCP_USER_TIMEOUT with them) to `socket`.
+pub fn set_keepalive(socket: &SockRef<'_>, keepalive: &Keepalive) -> io::Result<()> {
     match keepalive.idle {
         Some(idle) => {
             let params = TcpKeepalive::new()

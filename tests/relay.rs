@@ -341,3 +341,59 @@ async fn idle_timeout_closes_silent_connections_but_not_slow_ones() {
         lines[1]
     );
 }
+
+/// The kernel's timer for the TCP socket from `local_port` to `remote`, as /proc/net/tcp shows
+/// it: 0 none, 1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window probe.
+fn tcp_timer(local_port: u16, remote: SocketAddr) -> Option<u8> {
+    let remote_hex = format!("0100007F:{:04X}", remote.port());
+    let local_suffix = format!(":{local_port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .ok()?
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1)?.ends_with(&local_suffix) && *fields.get(2)? == remote_hex)
+                .then(|| u8::from_str_radix(fields.get(5)?.split(':').next()?, 16).ok())
+                .flatten()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_keepalive_is_set_once_a_connection_lasts() {
+    // The server socket gets the pool's keepalive options at the session's first tick, a
+    // second in (a short connection never pays for them): the keepalive timer then runs.
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = upstream.local_addr().unwrap();
+    let listen = free_addr();
+    let relay = RelayProcess::start(&config(
+        listen,
+        &[server],
+        "",
+        "keepalive_idle = \"30s\"\nkeepalive_interval = \"5s\"\nkeepalive_count = 3",
+    ));
+    let mut client = connect(listen).await;
+    let (mut accepted, relay_side) = upstream.accept().await.unwrap();
+    // Traffic both ways first, so that the socket is established and idle.
+    client.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    accepted.read_exact(&mut buf).await.unwrap();
+    accepted.write_all(b"pong").await.unwrap();
+    client.read_exact(&mut buf).await.unwrap();
+
+    let started = Instant::now();
+    let keepalive = eventually(Duration::from_secs(5), || {
+        tcp_timer(relay_side.port(), server) == Some(2)
+    })
+    .await;
+    assert!(
+        keepalive,
+        "no keepalive timer on the relay's server socket within 5 s (timer {:?}):\n{}",
+        tcp_timer(relay_side.port(), server),
+        relay.stderr()
+    );
+    eprintln!(
+        "keepalive timer seen {:?} after the first exchange",
+        started.elapsed()
+    );
+}

@@ -14,6 +14,11 @@
 //!
 //! In `auto` mode a direction starts on the copy path and moves to splice the first time one
 //! read fills the whole buffer: a sign that this direction carries bulk data.
+//!
+//! A short read on the copy path is followed by one more read, free while the socket's
+//! readiness is cleared: it finds a FIN queued right behind the bytes, and then the bytes and
+//! the FIN go out as one segment, as from a peer that replies and closes. For a short
+//! connection that is one segment fewer to send and for the peer to take in.
 
 use std::io;
 use std::net::Shutdown;
@@ -61,6 +66,9 @@ pub struct Direction {
     held: Held,
     /// The source sent its FIN (read returned 0).
     eof: bool,
+    /// In this poll, a read found the source empty and registered for its next bytes: once the
+    /// held bytes are flushed in the same poll, there is nothing to read until that wake-up.
+    source_idle: bool,
     /// The FIN was passed on: nothing more will happen in this direction.
     done: bool,
     /// Payload bytes written to the destination.
@@ -80,6 +88,7 @@ impl Direction {
             splice_next: false,
             held: Held::Nothing,
             eof: false,
+            source_idle: false,
             done: false,
             bytes: 0,
             splice_fallbacks: 0,
@@ -110,6 +119,9 @@ impl Direction {
         if self.done {
             return Poll::Ready(Ok(()));
         }
+        // Valid only within the poll that set it: had a flush waited since, the wake-up the
+        // source's bytes sent might have been spent on this very poll.
+        self.source_idle = false;
         loop {
             if self.pending() > 0 {
                 let written = ready!(self.poll_flush(cx, dst)).map_err(Failure::Destination)?;
@@ -120,6 +132,11 @@ impl Direction {
                 self.release();
                 self.done = true;
                 return Poll::Ready(shutdown_write(dst).map_err(Failure::Destination));
+            }
+            if std::mem::take(&mut self.source_idle) {
+                // The read that emptied the source registered this task's waker already.
+                self.release();
+                return Poll::Pending;
             }
             if self.splice_next {
                 self.splice_next = false;
@@ -168,13 +185,42 @@ impl Direction {
             end: 0,
         };
         ready!(result)?;
-        if let Held::Buffer { buf, end, .. } = &mut self.held {
-            *end = n;
-            if settings.mode == RelayMode::Auto && n == buf.len() {
+        let Held::Buffer { buf, end, .. } = &mut self.held else {
+            unreachable!("the buffer was put back above");
+        };
+        *end = n;
+        if n == buf.len() {
+            if settings.mode == RelayMode::Auto {
                 self.splice_next = true;
             }
+            return Poll::Ready(Ok(n));
         }
-        Poll::Ready(Ok(n))
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        // A short read: the source is empty, or its FIN is queued behind these bytes. Read on
+        // until it says which. With the socket's readiness cleared by the short read, an empty
+        // source answers Pending without a system call; a FIN answers 0, and then the bytes
+        // and the FIN leave in one segment (`poll_flush` holds them back with MSG_MORE until
+        // the shutdown), as a request or reply followed by a close usually does.
+        while *end < buf.len() {
+            let mut rest = ReadBuf::new(&mut buf[*end..]);
+            match Pin::new(&mut *src).poll_read(cx, &mut rest) {
+                Poll::Pending => {
+                    self.source_idle = true;
+                    break;
+                }
+                Poll::Ready(Ok(())) if rest.filled().is_empty() => {
+                    self.eof = true;
+                    break;
+                }
+                Poll::Ready(Ok(())) => *end += rest.filled().len(),
+                // A reset ends the relay (both sides are reset), so what this read held back
+                // could not have been delivered anyway.
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(*end))
     }
 
     fn poll_read_splice(
@@ -230,10 +276,15 @@ impl Direction {
 
     /// Writes held bytes to `dst`; Ready with how many once some were written.
     fn poll_flush(&mut self, cx: &mut Context<'_>, dst: &mut TcpStream) -> Poll<io::Result<usize>> {
+        let fin_follows = self.eof;
         match &mut self.held {
             Held::Nothing => Poll::Ready(Ok(0)),
             Held::Buffer { buf, start, end } => {
-                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &buf[*start..*end]))?;
+                let n = if fin_follows {
+                    ready!(write_before_fin(cx, dst, &buf[*start..*end]))?
+                } else {
+                    ready!(Pin::new(&mut *dst).poll_write(cx, &buf[*start..*end]))?
+                };
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -282,6 +333,35 @@ impl Drop for Direction {
             Held::Pipe { pipe, .. } => pipe::give_back(pipe, pending == 0),
         }
     }
+}
+
+/// Writes the last bytes before a FIN with MSG_MORE, so that the shutdown that follows sends
+/// them and the FIN in one segment (TCP_NODELAY would otherwise send them at once, alone).
+/// Should the shutdown not follow, the next ACK from the peer releases them.
+#[cfg(target_os = "linux")]
+fn write_before_fin(
+    cx: &mut Context<'_>,
+    dst: &TcpStream,
+    bytes: &[u8],
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(dst.poll_write_ready(cx))?;
+        match dst.try_io(Interest::WRITABLE, || {
+            SockRef::from(dst).send_with_flags(bytes, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return Poll::Ready(other),
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_before_fin(
+    cx: &mut Context<'_>,
+    dst: &mut TcpStream,
+    bytes: &[u8],
+) -> Poll<io::Result<usize>> {
+    Pin::new(dst).poll_write(cx, bytes)
 }
 
 fn splice_unsupported(e: &io::Error) -> bool {

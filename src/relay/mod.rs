@@ -58,6 +58,9 @@ pub enum Ended {
 pub trait Running: Future<Output = Ended> + Unpin {
     /// (client → server, server → client).
     fn bytes(&self) -> (u64, u64);
+
+    /// The TCP socket to the server (under TLS, if any), for options set while relaying.
+    fn server_socket(&self) -> &TcpStream;
 }
 
 pub struct Relay {
@@ -110,6 +113,10 @@ impl Relay {
 impl Running for Relay {
     fn bytes(&self) -> (u64, u64) {
         Relay::bytes(self)
+    }
+
+    fn server_socket(&self) -> &TcpStream {
+        &self.server
     }
 }
 

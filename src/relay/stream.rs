@@ -219,6 +219,10 @@ impl<C: Transport, S: Transport> Running for StreamRelay<C, S> {
     fn bytes(&self) -> (u64, u64) {
         StreamRelay::bytes(self)
     }
+
+    fn server_socket(&self) -> &TcpStream {
+        self.server.socket()
+    }
 }
 
 /// A stream read through a buffer borrowed from this thread's pool, held only while it has
