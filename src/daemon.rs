@@ -273,6 +273,9 @@ impl Daemon {
         let watchdog = notify::watchdog_interval();
         let mut watchdog_tick =
             tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
+        // A probe that waited on a stuck worker must not be followed by a burst of catch-up
+        // pings: the next one comes a whole period after it.
+        watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = signals.terminate.recv() => {
