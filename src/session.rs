@@ -9,6 +9,7 @@
 //! Each stage either hands the connection on or ends it with a named `End`, which becomes the
 //! access-log line's `end` field and the outcome it is counted under.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::config::{Keepalive, PoolTls, ProxyProtocol, RouteFallback, SendProxy}
 use crate::connect::{self, AttemptResult, ConnectError};
 use crate::daemon::{Phase, Shared};
 use crate::handshake::{self, ClientIdentity, HandshakeError, Hello};
-use crate::limits::{ClientLimits, Permit};
+use crate::limits::{ClientLimits, ClientPermits, Permit};
 use crate::listener::ListenerSettings;
 use crate::pool::{Pool, Server, ServerLease};
 use crate::proxy_protocol::{self, Accept};
@@ -116,6 +117,17 @@ impl End {
     }
 }
 
+/// A connection ready to relay: both streams, the server's slot in its pool, and the
+/// connection's places under the per-source and per-VPC-endpoint limits.
+struct Established {
+    client: ClientStream,
+    server: ServerStream,
+    lease: ServerLease,
+    pool: Arc<Pool>,
+    /// Held until the connection ends.
+    client_permits: ClientPermits,
+}
+
 /// How long a relayed connection lasts before its server socket gets the pool's keepalive
 /// options (or one tick of the idle check, if sooner).
 const KEEPALIVE_AFTER: Duration = Duration::from_secs(1);
@@ -165,14 +177,29 @@ impl Session {
         drop(permits);
     }
 
-    async fn serve(&mut self, mut client: TcpStream) -> End {
+    async fn serve(&mut self, client: TcpStream) -> End {
+        // Two futures, one after the other: what establishing holds (the PROXY header's read,
+        // the identity, the route, the connect) is gone once the connection relays, so the
+        // task of an idle connection carries only the relay's state.
+        // (The relay's future is made inside the match and awaited after it, so that neither
+        // the establishing result nor a moved-from copy of it is kept beside the relay.)
+        let relaying = match self.establish(client).await {
+            Ok(established) => self.relay(established),
+            Err(end) => return end,
+        };
+        relaying.await
+    }
+
+    /// Everything before the relay: identity, rules, limits, TLS termination, route, connect.
+    /// An error is the connection's end, its client already answered (reset or closed).
+    async fn establish(&mut self, mut client: TcpStream) -> Result<Established, End> {
         let config = &self.listener.config;
         let handshake_deadline = tokio::time::Instant::now() + config.handshake_timeout;
 
         // Who is connecting: the PROXY header's source, or the socket's peer.
         let identity = match self.identify(&mut client, handshake_deadline).await {
             Ok(identity) => identity,
-            Err(end) => return refuse_now(&client, end),
+            Err(end) => return Err(refuse_now(&client, end)),
         };
         let client_ip = identity.addr.ip().to_canonical();
         self.record.client = identity.addr;
@@ -183,7 +210,7 @@ impl Session {
 
         // Access rules, on the real client.
         if let Err(rule) = self.listener.admits(client_ip, identity.vpce.as_deref()) {
-            return refuse_now(&client, End::RefusedRule(rule));
+            return Err(refuse_now(&client, End::RefusedRule(rule)));
         }
 
         // Limits per client address and per VPC endpoint.
@@ -193,18 +220,20 @@ impl Session {
             config.max_connections_per_source,
             config.max_connections_per_vpce,
         );
-        let _client_permits = match per_client {
+        let client_permits = match per_client {
             Ok(permits) => permits,
-            Err(limit) => return refuse_now(&client, End::RefusedLimit(limit)),
+            Err(limit) => return Err(refuse_now(&client, End::RefusedLimit(limit))),
         };
 
         // TLS termination: the handshake, within what is left of the handshake time. The PROXY
         // header (if any) came first, in the clear.
         let mut client = match config.tls.as_ref().map(|tls| Arc::clone(&tls.server)) {
             None => ClientStream::Plain(client),
-            Some(tls) => match self.terminate(client, &tls, handshake_deadline).await {
+            // Boxed, as is the TLS connect below: their handshake states are large, and a
+            // plain connection's task (an idle one's memory) would carry them inline.
+            Some(tls) => match Box::pin(self.terminate(client, &tls, handshake_deadline)).await {
                 Ok(stream) => ClientStream::Tls(stream),
-                Err(end) => return end,
+                Err(end) => return Err(end),
             },
         };
 
@@ -217,7 +246,7 @@ impl Session {
             .await
         {
             Ok(pool) => pool,
-            Err(end) => return refuse_now(client.socket(), end),
+            Err(end) => return Err(refuse_now(client.socket(), end)),
         };
         self.record.pool = Some(Arc::clone(&pool.name));
 
@@ -226,56 +255,70 @@ impl Session {
         // attempt. Then what the client already sent.
         let preamble = proxy_header_for(&pool, &identity);
         let connected = match &pool.config.tls {
-            None => {
-                self.connect_plain(&pool, client_ip, preamble, &first_bytes)
-                    .await
-            }
+            None => Box::pin(self.connect_plain(&pool, client_ip, preamble, &first_bytes)).await,
             Some(tls) => {
-                self.connect_tls(&pool, tls, client_ip, &preamble, &first_bytes)
-                    .await
+                Box::pin(self.connect_tls(&pool, tls, client_ip, &preamble, &first_bytes)).await
             }
         };
         let (server_stream, lease) = match connected {
             Ok(connected) => connected,
-            Err(end) => return refuse_now(client.socket(), end),
+            Err(end) => return Err(refuse_now(client.socket(), end)),
         };
-        let server = Arc::clone(lease.server());
         self.record.bytes_client_to_server = first_bytes.len() as u64;
-        drop(first_bytes);
+        Ok(Established {
+            client,
+            server: server_stream,
+            lease,
+            pool,
+            client_permits,
+        })
+    }
 
-        // Relay both ways until both sides have ended, the connection idles out, or a drain
-        // reaches its deadline: splice or copy between plain sockets, the buffered relay where
-        // TLS is spoken on either side.
-        let end = match (client, server_stream) {
-            (ClientStream::Plain(client), ServerStream::Plain(server_stream)) => {
-                let mut relay = Relay::new(client, server_stream, self.listener.relay);
-                let end = self
-                    .relay_until_end(&mut relay, &server, &pool.keepalive)
-                    .await;
-                self.record_bytes(relay.bytes());
-                if relay.splice_fallbacks() > 0 {
-                    self.listener
-                        .metrics
-                        .splice_fallbacks
-                        .increment(u64::from(relay.splice_fallbacks()));
+    /// Relays both ways until both sides have ended, the connection idles out, or a drain
+    /// reaches its deadline: splice or copy between plain sockets, the buffered relay where
+    /// TLS is spoken on either side.
+    ///
+    /// Not an `async fn`: one would copy its argument into a local of its body while keeping
+    /// the argument too, for the connection's whole life; an `async move` block uses what it
+    /// captured in place (and so does this body: fields, not bindings moved out of them).
+    #[allow(clippy::manual_async_fn)] // deliberately, as said above
+    fn relay(&mut self, established: Established) -> impl Future<Output = End> + '_ {
+        async move {
+            let server = Arc::clone(established.lease.server());
+            let keepalive = &established.pool.keepalive;
+            let end = match (established.client, established.server) {
+                (ClientStream::Plain(client), ServerStream::Plain(server_stream)) => {
+                    let mut relay = Relay::new(client, server_stream, self.listener.relay);
+                    let end = self.relay_until_end(&mut relay, &server, keepalive).await;
+                    self.record_bytes(relay.bytes());
+                    if relay.splice_fallbacks() > 0 {
+                        self.listener
+                            .metrics
+                            .splice_fallbacks
+                            .increment(u64::from(relay.splice_fallbacks()));
+                    }
+                    end
                 }
-                end
-            }
-            (ClientStream::Plain(client), ServerStream::Tls(server_stream)) => {
-                self.relay_buffered(client, server_stream, &server, &pool.keepalive)
-                    .await
-            }
-            (ClientStream::Tls(client), ServerStream::Plain(server_stream)) => {
-                self.relay_buffered(client, server_stream, &server, &pool.keepalive)
-                    .await
-            }
-            (ClientStream::Tls(client), ServerStream::Tls(server_stream)) => {
-                self.relay_buffered(client, server_stream, &server, &pool.keepalive)
-                    .await
-            }
-        };
-        drop(lease);
-        end
+                (ClientStream::Plain(client), ServerStream::Tls(server_stream)) => {
+                    self.relay_buffered(client, server_stream, &server, keepalive)
+                        .await
+                }
+                (ClientStream::Tls(client), ServerStream::Plain(server_stream)) => {
+                    self.relay_buffered(client, server_stream, &server, keepalive)
+                        .await
+                }
+                (ClientStream::Tls(client), ServerStream::Tls(server_stream)) => {
+                    self.relay_buffered(client, server_stream, &server, keepalive)
+                        .await
+                }
+            };
+            // Named here so that the block captures them (an async block captures only the
+            // fields it uses): the server's slot and the client's places under the per-source
+            // and per-VPC-endpoint limits are held until the connection's end.
+            drop(established.lease);
+            drop(established.client_permits);
+            end
+        }
     }
 
     /// Completes the client's TLS handshake by `deadline`.

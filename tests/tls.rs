@@ -836,19 +836,27 @@ async fn proxy_v2_header_then_tls() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_close_is_carried_as_close_notify() {
-    let dir = scratch_dir("tls-half-close");
+/// The half-close tests' relay: a terminating listener in front of a plain server and a plain
+/// listener in front of a TLS server, both servers behaving as `behaviour`.
+struct HalfClose {
+    dir: std::path::PathBuf,
+    ca: Ca,
+    relay: RelayProcess,
+    terminating: SocketAddr,
+    originating: SocketAddr,
+    plain_seen: mpsc::UnboundedReceiver<Seen>,
+    tls_seen: mpsc::UnboundedReceiver<Seen>,
+}
+
+async fn half_close_setup(name: &str, behaviour: Behaviour) -> HalfClose {
+    let dir = scratch_dir(name);
     let ca = Ca::new(&dir, "main");
     let front = ca.leaf("front", &["relay.test"]);
     let back = ca.leaf("back", &["upstream.test"]);
-    const REQUEST: u64 = 1 << 20;
-    const REPLY: u64 = 3 << 20;
-    let (plain, mut plain_seen) = upstream(None, Behaviour::ReplyAfterEnd(REPLY)).await;
-    let (tls_server, mut tls_seen) =
-        upstream(Some(server_config(&back)), Behaviour::ReplyAfterEnd(REPLY)).await;
+    let (plain, plain_seen) = upstream(None, behaviour).await;
+    let (tls_server, tls_seen) = upstream(Some(server_config(&back)), behaviour).await;
     let ca_file = ca.file.display().to_string();
-    let (_relay, (terminating, originating)) = start_relay(|| {
+    let (relay, (terminating, originating)) = start_relay(|| {
         let (terminating, originating) = (listen_addr(), listen_addr());
         let config = relay_config(
             None,
@@ -869,6 +877,30 @@ async fn half_close_is_carried_as_close_notify() {
         );
         (config, (terminating, originating))
     });
+    HalfClose {
+        dir,
+        ca,
+        relay,
+        terminating,
+        originating,
+        plain_seen,
+        tls_seen,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_is_carried_as_close_notify() {
+    const REQUEST: u64 = 1 << 20;
+    const REPLY: u64 = 3 << 20;
+    let HalfClose {
+        dir,
+        ca,
+        relay: _relay,
+        terminating,
+        originating,
+        mut plain_seen,
+        mut tls_seen,
+    } = half_close_setup("tls-half-close", Behaviour::ReplyAfterEnd(REPLY)).await;
     let reply_digest = payload_digest(7, REPLY);
 
     // TLS client: its close_notify reaches the plain server as a FIN; the whole reply comes
@@ -1071,37 +1103,17 @@ fn check_reports_certificate_files_and_unverified_pools() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_from_the_server_side_is_carried_too() {
-    let dir = scratch_dir("tls-server-half-close");
-    let ca = Ca::new(&dir, "main");
-    let front = ca.leaf("front", &["relay.test"]);
-    let back = ca.leaf("back", &["upstream.test"]);
     const REPLY: u64 = 3 << 20;
     const REQUEST: u64 = 1 << 20;
-    let (plain, mut plain_seen) = upstream(None, Behaviour::ReplyFirst(REPLY)).await;
-    let (tls_server, mut tls_seen) =
-        upstream(Some(server_config(&back)), Behaviour::ReplyFirst(REPLY)).await;
-    let ca_file = ca.file.display().to_string();
-    let (relay, (terminating, originating)) = start_relay(|| {
-        let (terminating, originating) = (listen_addr(), listen_addr());
-        let config = relay_config(
-            None,
-            &[
-                listener("terminate", terminating, "plain", &listener_tls(&front, "")),
-                listener("originate", originating, "tls", ""),
-            ],
-            &[
-                pool("plain", &[plain], ""),
-                pool(
-                    "tls",
-                    &[tls_server],
-                    &format!(
-                        "  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n"
-                    ),
-                ),
-            ],
-        );
-        (config, (terminating, originating))
-    });
+    let HalfClose {
+        dir,
+        ca,
+        relay,
+        terminating,
+        originating,
+        mut plain_seen,
+        mut tls_seen,
+    } = half_close_setup("tls-server-half-close", Behaviour::ReplyFirst(REPLY)).await;
     let reply_digest = payload_digest(7, REPLY);
 
     // A plain server ends first: its FIN reaches the TLS client as close_notify after the whole
