@@ -155,11 +155,14 @@ fn relay_config(
     admin: SocketAddr,
     servers: &[SocketAddr],
     handshake: &str,
+    idle_timeout: Duration,
 ) -> String {
+    // Longer than the soak: the idle connections are held throughout and checked at the end.
+    let idle_timeout = idle_timeout.as_secs();
     let mut text = format!(
         "[global]\nworkers = 2\n\n[admin]\nlisten = \"{admin}\"\n\n\
          [[listener]]\nname = \"soak\"\nlisten = \"{listen}\"\npool = \"p\"\nproxy_protocol = \"any\"\n\
-         handshake_timeout = \"{handshake}\"\nidle_timeout = \"600s\"\nbacklog = 4096\n\n\
+         handshake_timeout = \"{handshake}\"\nidle_timeout = \"{idle_timeout}s\"\nbacklog = 4096\n\n\
          [[pool]]\nname = \"p\"\nbalance = \"round-robin\"\nconnect_timeout = \"1s\"\nretries = 2\n\
          \x20 [pool.health]\n  check = \"tcp\"\n  interval = \"500ms\"\n  timeout = \"300ms\"\n  rise = 1\n  fall = 1\n"
     );
@@ -182,9 +185,10 @@ async fn soak_mixed_load_with_reloads_and_flaps() {
     let servers = [FlappingServer::start().await, FlappingServer::start().await];
     let server_addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let (listen, admin) = (free_addr(), free_addr());
+    let idle_timeout = Duration::from_secs(seconds + 300);
     let configs = [
-        relay_config(listen, admin, &server_addrs, "2s"),
-        relay_config(listen, admin, &server_addrs, "3s"),
+        relay_config(listen, admin, &server_addrs, "2s", idle_timeout),
+        relay_config(listen, admin, &server_addrs, "3s", idle_timeout),
     ];
     let relay = RelayProcess::start(&configs[0]);
     let pid = relay.pid();
