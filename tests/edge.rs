@@ -9,8 +9,8 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,34 +106,6 @@ fn pool(name: &str, servers: &[SocketAddr], extra: &str) -> String {
     }
     text.push('\n');
     text
-}
-
-/// Listeners (with their `[[listener.route]]` tables) must all come before the pools.
-fn relay_config(listeners: &[String], pools: &[String]) -> String {
-    format!(
-        "[admin]\nlisten = \"off\"\n\n{}{}",
-        listeners.concat(),
-        pools.concat()
-    )
-}
-
-/// A listen address of its own for a relay: a loopback address no other test (in this process,
-/// or likely in another) uses, with a port free on it a moment ago.
-///
-/// Not `free_addr()` on 127.0.0.1: the relay binds with SO_REUSEPORT, so two relays handed the
-/// same port (tests in parallel, or test runs in parallel) would both start and silently share
-/// each other's connections.
-fn listen_addr() -> SocketAddr {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let ip = Ipv4Addr::new(
-        127,
-        100 + (std::process::id() % 150) as u8,
-        (n / 250) as u8,
-        (n % 250 + 1) as u8,
-    );
-    let probe = std::net::TcpListener::bind((ip, 0)).expect("bind a loopback address");
-    probe.local_addr().unwrap()
 }
 
 fn octets(addr: SocketAddr) -> [u8; 4] {
@@ -586,7 +558,8 @@ async fn malformed_proxy_headers_are_refused_and_logged() {
     let (relay, (listen_v2, listen_v1, listen_any)) = start_relay(|| {
         let (listen_v2, listen_v1, listen_any) = (listen_addr(), listen_addr(), listen_addr());
         (
-            relay_config(
+            assemble_config(
+                None,
                 &[
                     listener("v2", listen_v2, "p", "proxy_protocol = \"v2\""),
                     listener("v1", listen_v1, "p", "proxy_protocol = \"v1\""),
@@ -827,7 +800,8 @@ async fn second_proxy_header_is_payload() {
     let (relay, (listen_v2, listen_any)) = start_relay(|| {
         let (listen_v2, listen_any) = (listen_addr(), listen_addr());
         (
-            relay_config(
+            assemble_config(
+                None,
                 &[
                     listener("v2", listen_v2, "p", "proxy_protocol = \"v2\""),
                     listener("any", listen_any, "p", "proxy_protocol = \"any\""),
@@ -910,7 +884,8 @@ async fn handshake_timeout_closes_silent_and_partial_clients() {
     let routes = "route_fallback = \"pool\"\n[[listener.route]]\nserver_names = [\"api.example.com\"]\npool = \"p\"\n";
     let (relay, (listen_pp, listen_sni)) = start_relay(|| {
         let (listen_pp, listen_sni) = (listen_addr(), listen_addr());
-        let config = relay_config(
+        let config = assemble_config(
+            None,
             &[
                 listener(
                     "pp",
@@ -988,7 +963,8 @@ async fn allow_and_deny_on_the_socket_peer() {
     let (relay, (listen_allow, listen_deny)) = start_relay(|| {
         let (listen_allow, listen_deny) = (listen_addr(), listen_addr());
         (
-            relay_config(
+            assemble_config(
+                None,
                 &[
                     listener("allow", listen_allow, "p", "allow = [\"127.0.0.1/32\"]"),
                     // 127.0.0.2 is in both lists: deny wins.
@@ -1075,7 +1051,8 @@ async fn allow_rules_apply_to_the_proxy_source_and_vpce() {
     let allowed_vpce = "vpce-0123456789abcdef0";
     let (relay, (listen_vpce, listen_cidr)) = start_relay(|| {
         let (listen_vpce, listen_cidr) = (listen_addr(), listen_addr());
-        (relay_config(
+        (assemble_config(
+            None,
         &[
             listener(
                 "vpce",
@@ -1327,7 +1304,8 @@ async fn per_source_limit() {
     let (relay, (listen, listen_pp)) = start_relay(|| {
         let (listen, listen_pp) = (listen_addr(), listen_addr());
         (
-            relay_config(
+            assemble_config(
+                None,
                 &[
                     listener("plain", listen, "p", "max_connections_per_source = 2"),
                     // Behind a PROXY header, the limit is on the header's source, not the socket peer.
@@ -1439,7 +1417,8 @@ async fn sni_setup() -> SniSetup {
     let (relay, (listen, listen_strict, listen_pp)) = start_relay(|| {
         let (listen, listen_strict, listen_pp) = (listen_addr(), listen_addr(), listen_addr());
         (
-            relay_config(
+            assemble_config(
+                None,
                 &[
                     listener(
                         "pp",
@@ -1767,7 +1746,8 @@ async fn send_proxy_v2_is_byte_exact() {
     let (server, _, mut received) = recording_server().await;
     let (_relay, (listen_plain, listen_pp, listen_sni)) = start_relay(|| {
         let (listen_plain, listen_pp, listen_sni) = (listen_addr(), listen_addr(), listen_addr());
-        (relay_config(
+        (assemble_config(
+            None,
         &[
             listener("plain", listen_plain, "p", ""),
             listener("pp", listen_pp, "p", "proxy_protocol = \"v2\""),
@@ -1906,7 +1886,8 @@ async fn send_proxy_v1_is_byte_exact() {
     let (_relay, (listen_plain, listen_pp)) = start_relay(|| {
         let (listen_plain, listen_pp) = (listen_addr(), listen_addr());
         (
-            relay_config(
+            assemble_config(
+                None,
                 &[
                     listener("plain", listen_plain, "p", ""),
                     listener("pp", listen_pp, "p", "proxy_protocol = \"v2\""),
@@ -1980,7 +1961,8 @@ async fn pool_source_address_binds_upstream_connections() {
     let (relay, (listen_bound, listen_default)) = start_relay(|| {
         let (listen_bound, listen_default) = (listen_addr(), listen_addr());
         (
-            relay_config(
+            assemble_config(
+                None,
                 &[
                     listener("bound", listen_bound, "bound", ""),
                     listener("default", listen_default, "default", ""),

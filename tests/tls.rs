@@ -9,17 +9,15 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -145,7 +143,10 @@ fn client_config(roots: RootCertStore, identity: Option<&Leaf>) -> Arc<ClientCon
 /// A client that accepts any certificate, to look at which one the relay chose.
 fn looking_client() -> Arc<ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(AnyCertificate(provider.signature_verification_algorithms));
+    // The relay's own verifier for `verify = false` pools (and its health checks).
+    let verifier = Arc::new(l4relay::tls::AcceptAnyCertificate {
+        algorithms: provider.signature_verification_algorithms,
+    });
     Arc::new(
         ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -154,44 +155,6 @@ fn looking_client() -> Arc<ClientConfig> {
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth(),
     )
-}
-
-#[derive(Debug)]
-struct AnyCertificate(rustls::crypto::WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
 }
 
 type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
@@ -428,29 +391,6 @@ fn listener_tls(leaf: &Leaf, extra: &str) -> String {
     )
 }
 
-fn relay_config(admin: Option<SocketAddr>, listeners: &[String], pools: &[String]) -> String {
-    let admin = admin.map_or("off".to_string(), |a| a.to_string());
-    format!(
-        "[admin]\nlisten = \"{admin}\"\n\n{}{}",
-        listeners.concat(),
-        pools.concat()
-    )
-}
-
-/// A listen address of its own (see tests/edge.rs): a loopback address no other relay uses.
-fn listen_addr() -> SocketAddr {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let ip = Ipv4Addr::new(
-        127,
-        250 + (std::process::id() % 5) as u8,
-        (n / 250) as u8,
-        (n % 250 + 1) as u8,
-    );
-    let probe = std::net::TcpListener::bind((ip, 0)).expect("bind a loopback address");
-    probe.local_addr().unwrap()
-}
-
 /// Starts a relay on a config built around fresh listen addresses, again if the port was
 /// taken in between.
 fn start_relay<T>(build: impl Fn() -> (String, T)) -> (RelayProcess, T) {
@@ -506,7 +446,7 @@ async fn termination_relays_verified_bytes_both_ways() {
     let (echo, _) = echo_server().await;
     let (relay, listen) = start_relay(|| {
         let listen = listen_addr();
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[listener("tls", listen, "p", &listener_tls(&cert, ""))],
             &[pool("p", &[echo], "")],
@@ -560,7 +500,7 @@ async fn origination_verifies_the_server_and_sends_its_name() {
         let (by_name, by_ip, untrusted) = (listen_addr(), listen_addr(), listen_addr());
         let named = format!("  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n");
         let ip = format!("  [pool.tls]\n  ca_file = \"{ca_file}\"\n");
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[
                 listener("by-name", by_name, "named", ""),
@@ -626,7 +566,7 @@ async fn terminate_and_originate_at_once() {
     let ca_file = ca.file.display().to_string();
     let (relay, listen) = start_relay(|| {
         let listen = listen_addr();
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[listener("both", listen, "p", &listener_tls(&front, ""))],
             &[pool(
@@ -682,7 +622,7 @@ async fn client_certificates_accepted_and_refused() {
                 &format!("  client_ca = \"{ca_file}\"\n  client_auth = \"{mode}\"\n"),
             )
         };
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[
                 listener("required", required, "p", &mtls("required")),
@@ -760,7 +700,7 @@ async fn sni_chooses_the_certificate_and_the_route() {
             b.cert_file.display(),
             b.key_file.display(),
         );
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[listener("sni", listen, "D", &tls)],
             &[
@@ -805,7 +745,7 @@ async fn proxy_v2_header_then_tls() {
             "proxy_protocol = \"v2\"\nallow = [\"203.0.113.0/24\"]\n{}",
             listener_tls(&cert, "")
         );
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[listener("pp", listen, "p", &extra)],
             &[pool("p", &[echo], "")],
@@ -858,7 +798,7 @@ async fn half_close_setup(name: &str, behaviour: Behaviour) -> HalfClose {
     let ca_file = ca.file.display().to_string();
     let (relay, (terminating, originating)) = start_relay(|| {
         let (terminating, originating) = (listen_addr(), listen_addr());
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[
                 listener("terminate", terminating, "plain", &listener_tls(&front, "")),
@@ -948,7 +888,7 @@ async fn certificates_are_reloaded_on_sighup() {
     );
     let (mut relay, (listen, admin)) = start_relay(|| {
         let (listen, admin) = (listen_addr(), listen_addr());
-        let config = relay_config(
+        let config = assemble_config(
             Some(admin),
             &[listener("tls", listen, "p", &tls_table)],
             &[pool("p", &[echo], "")],
@@ -1173,7 +1113,7 @@ async fn handshake_timeout_covers_the_tls_handshake() {
     let (relay, listen) = start_relay(|| {
         let listen = listen_addr();
         let extra = format!("handshake_timeout = \"500ms\"\n{}", listener_tls(&cert, ""));
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[listener("tls", listen, "p", &extra)],
             &[pool("p", &[echo], "")],
@@ -1256,7 +1196,7 @@ async fn a_failed_upstream_handshake_is_a_failed_connect() {
         let tls = format!("  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n");
         // Checks once an hour: only live traffic can take the failing servers down in time.
         let health = "  [pool.health]\n  check = \"tcp\"\n  interval = \"1h\"\n  init_state = \"up\"\n  passive_fall = 2\n";
-        let config = relay_config(
+        let config = assemble_config(
             Some(admin),
             &[
                 listener("retried", listen, "p", ""),
@@ -1393,7 +1333,7 @@ async fn pool_alpn_is_offered_to_the_servers() {
         let tls = |alpn: &str| {
             format!("  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n{alpn}")
         };
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[
                 listener("offering", offering, "offering", ""),
@@ -1441,7 +1381,7 @@ async fn an_unverified_pool_is_warned_about_at_start_and_accepts_any_certificate
     let (server, mut seen) = upstream(Some(server_config(&impostor)), Behaviour::Echo).await;
     let (relay, listen) = start_relay(|| {
         let listen = listen_addr();
-        let config = relay_config(
+        let config = assemble_config(
             None,
             &[listener("l", listen, "p", "")],
             &[pool(

@@ -99,15 +99,6 @@ impl Relay {
         sockopt::reset_on_close(&SockRef::from(&self.client));
         sockopt::reset_on_close(&SockRef::from(&self.server));
     }
-
-    fn fail(&self, direction_source: Side, failure: Failure) -> Ended {
-        let (side, error) = match failure {
-            Failure::Source(e) => (direction_source, e),
-            Failure::Destination(e) => (other(direction_source), e),
-        };
-        self.reset_both();
-        Ended::Failed { side, error }
-    }
 }
 
 impl Running for Relay {
@@ -133,39 +124,53 @@ impl Future for Relay {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let this = &mut *self;
         let settings = this.settings;
-        if !this.client_to_server.is_done() {
-            match this.client_to_server.poll_transfer(
-                cx,
-                &mut this.client,
-                &mut this.server,
-                &settings,
-            ) {
-                Poll::Ready(Ok(())) => {
-                    this.first_fin.get_or_insert(Side::Client);
-                }
-                Poll::Ready(Err(failure)) => return Poll::Ready(this.fail(Side::Client, failure)),
-                Poll::Pending => {}
+        let (client, server) = (&mut this.client, &mut this.server);
+        let (up, down) = (&mut this.client_to_server, &mut this.server_to_client);
+        let polled = poll_both(&mut this.first_fin, |from| match from {
+            Side::Client => {
+                (!up.is_done()).then(|| up.poll_transfer(cx, client, server, &settings))
             }
-        }
-        if !this.server_to_client.is_done() {
-            match this.server_to_client.poll_transfer(
-                cx,
-                &mut this.server,
-                &mut this.client,
-                &settings,
-            ) {
-                Poll::Ready(Ok(())) => {
-                    this.first_fin.get_or_insert(Side::Server);
-                }
-                Poll::Ready(Err(failure)) => return Poll::Ready(this.fail(Side::Server, failure)),
-                Poll::Pending => {}
+            Side::Server => {
+                (!down.is_done()).then(|| down.poll_transfer(cx, server, client, &settings))
             }
-        }
-        match this.first_fin {
-            Some(first) if this.client_to_server.is_done() && this.server_to_client.is_done() => {
-                Poll::Ready(Ended::Closed { first })
+        });
+        polled.map(|ended| {
+            if let Ended::Failed { .. } = ended {
+                this.reset_both();
             }
-            _ => Poll::Pending,
+            ended
+        })
+    }
+}
+
+/// One poll of a relay's two directions: `transfer(from)` moves what the direction from side
+/// `from` can, or is None once that direction has ended. The first to end cleanly sent the
+/// first FIN. Closed once both have ended; Failed at the first failure, naming the side at
+/// fault (the caller then resets both sockets). Shared by the splice/copy relay and the
+/// buffered one.
+fn poll_both(
+    first_fin: &mut Option<Side>,
+    mut transfer: impl FnMut(Side) -> Option<Poll<Result<(), Failure>>>,
+) -> Poll<Ended> {
+    let mut open = false;
+    for from in [Side::Client, Side::Server] {
+        match transfer(from) {
+            None => {}
+            Some(Poll::Ready(Ok(()))) => {
+                first_fin.get_or_insert(from);
+            }
+            Some(Poll::Ready(Err(failure))) => {
+                let (side, error) = match failure {
+                    Failure::Source(e) => (from, e),
+                    Failure::Destination(e) => (other(from), e),
+                };
+                return Poll::Ready(Ended::Failed { side, error });
+            }
+            Some(Poll::Pending) => open = true,
         }
+    }
+    match *first_fin {
+        Some(first) if !open => Poll::Ready(Ended::Closed { first }),
+        _ => Poll::Pending,
     }
 }

@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::direction::Failure;
-use super::{buffer, other, Ended, Running, Side};
+use super::{buffer, Ended, Running, Side};
 use crate::sockopt;
 
 /// One side of a buffered relay: a byte stream over a TCP socket.
@@ -166,14 +166,10 @@ impl<C: Transport, S: Transport> StreamRelay<C, S> {
         (self.client_to_server.bytes, self.server_to_client.bytes)
     }
 
-    fn fail(&self, direction_source: Side, failure: Failure) -> Ended {
-        let (side, error) = match failure {
-            Failure::Source(e) => (direction_source, e),
-            Failure::Destination(e) => (other(direction_source), e),
-        };
+    /// Makes both sockets close with a RST when the relay is dropped.
+    fn reset_both(&self) {
         sockopt::reset_on_close(&SockRef::from(self.client.socket()));
         sockopt::reset_on_close(&SockRef::from(self.server.socket()));
-        Ended::Failed { side, error }
     }
 }
 
@@ -182,36 +178,18 @@ impl<C: Transport, S: Transport> std::future::Future for StreamRelay<C, S> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let this = &mut *self;
-        if !this.client_to_server.is_done() {
-            match this
-                .client_to_server
-                .poll_transfer(cx, &mut this.client, &mut this.server)
-            {
-                Poll::Ready(Ok(())) => {
-                    this.first_fin.get_or_insert(Side::Client);
-                }
-                Poll::Ready(Err(failure)) => return Poll::Ready(this.fail(Side::Client, failure)),
-                Poll::Pending => {}
+        let (client, server) = (&mut this.client, &mut this.server);
+        let (up, down) = (&mut this.client_to_server, &mut this.server_to_client);
+        let polled = super::poll_both(&mut this.first_fin, |from| match from {
+            Side::Client => (!up.is_done()).then(|| up.poll_transfer(cx, client, server)),
+            Side::Server => (!down.is_done()).then(|| down.poll_transfer(cx, server, client)),
+        });
+        polled.map(|ended| {
+            if let Ended::Failed { .. } = ended {
+                this.reset_both();
             }
-        }
-        if !this.server_to_client.is_done() {
-            match this
-                .server_to_client
-                .poll_transfer(cx, &mut this.server, &mut this.client)
-            {
-                Poll::Ready(Ok(())) => {
-                    this.first_fin.get_or_insert(Side::Server);
-                }
-                Poll::Ready(Err(failure)) => return Poll::Ready(this.fail(Side::Server, failure)),
-                Poll::Pending => {}
-            }
-        }
-        match this.first_fin {
-            Some(first) if this.client_to_server.is_done() && this.server_to_client.is_done() => {
-                Poll::Ready(Ended::Closed { first })
-            }
-            _ => Poll::Pending,
-        }
+            ended
+        })
     }
 }
 

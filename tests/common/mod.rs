@@ -448,21 +448,7 @@ impl Payload {
 
 /// Writes `len` payload bytes from `seed` to `w` in random-sized writes; returns their SHA-256.
 pub async fn send_payload(w: &mut (impl AsyncWriteExt + Unpin), seed: u64, len: u64) -> [u8; 32] {
-    let mut payload = Payload::new(seed);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = len;
-    let mut sizes = Payload::new(seed ^ 0x5555);
-    while left > 0 {
-        let mut size_bytes = [0u8; 4];
-        sizes.fill(&mut size_bytes);
-        let n = (u32::from_le_bytes(size_bytes) as u64 % buf.len() as u64 + 1).min(left) as usize;
-        payload.fill(&mut buf[..n]);
-        hasher.update(&buf[..n]);
-        w.write_all(&buf[..n]).await.expect("write payload");
-        left -= n as u64;
-    }
-    hasher.finalize().into()
+    try_send_payload(w, seed, len).await.expect("write payload")
 }
 
 /// Reads to EOF; returns (bytes read, SHA-256 of them).
@@ -731,4 +717,38 @@ pub async fn try_send_payload(
         left -= n as u64;
     }
     Ok(hasher.finalize().into())
+}
+
+/// A relay config of whole tables: the admin listener (or none), then the listeners (with
+/// their `[[listener.route]]` tables), which must all come before the pools.
+pub fn assemble_config(
+    admin: Option<SocketAddr>,
+    listeners: &[String],
+    pools: &[String],
+) -> String {
+    let admin = admin.map_or("off".to_string(), |a| a.to_string());
+    format!(
+        "[admin]\nlisten = \"{admin}\"\n\n{}{}",
+        listeners.concat(),
+        pools.concat()
+    )
+}
+
+/// A listen address of its own for a relay: a loopback address no other test (in this process,
+/// or likely in another) uses, with a port free on it a moment ago.
+///
+/// Not `free_addr()` on 127.0.0.1: the relay binds with SO_REUSEPORT, so two relays handed the
+/// same port (tests in parallel, or test runs in parallel) would both start and silently share
+/// each other's connections.
+pub fn listen_addr() -> SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let ip = std::net::Ipv4Addr::new(
+        127,
+        100 + (std::process::id() % 150) as u8,
+        (n / 250) as u8,
+        (n % 250 + 1) as u8,
+    );
+    let probe = StdListener::bind((ip, 0)).expect("bind a loopback address");
+    probe.local_addr().unwrap()
 }
