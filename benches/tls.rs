@@ -122,7 +122,7 @@ fn start(scenario: Scenario, mode: &str, pki: &Pki, dir: &Path) -> (Proc, Proc, 
     } else {
         ""
     };
-    let (relay, port) = l4relay_with(upstream_port, dir, global, &listener, &pool);
+    let (relay, port) = l4relay_with(upstream_port, dir, global, "", &listener, &pool);
     (server, relay, port)
 }
 

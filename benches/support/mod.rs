@@ -94,25 +94,7 @@ pub fn upstream(mode: &str) -> (Proc, u16) {
 /// l4relay on CPU 0, one worker, in front of `upstream`; `extra_global` goes into [global],
 /// `extra_admin` into [admin].
 pub fn l4relay(upstream: u16, dir: &Path, extra_global: &str, extra_admin: &str) -> (Proc, u16) {
-    let port = free_port();
-    let config = dir.join(format!("l4relay-{port}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[global]\nworkers = 1\nlog_format = \"off\"\n{extra_global}\n[admin]\nlisten = \"off\"\n{extra_admin}\n\
-             [[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\nbacklog = 4096\n\
-             [[pool]]\nname = \"p\"\n  [[pool.server]]\n  address = \"127.0.0.1:{upstream}\"\n"
-        ),
-    )
-    .unwrap();
-    let child = pinned(0, RELAY)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
-    (Proc(child), port)
+    l4relay_with(upstream, dir, extra_global, extra_admin, "", "")
 }
 
 pub fn haproxy_installed() -> bool {
@@ -246,6 +228,7 @@ pub fn l4relay_with(
     upstream: u16,
     dir: &Path,
     extra_global: &str,
+    extra_admin: &str,
     listener_extra: &str,
     pool_extra: &str,
 ) -> (Proc, u16) {
@@ -254,7 +237,7 @@ pub fn l4relay_with(
     std::fs::write(
         &config,
         format!(
-            "[global]\nworkers = 1\nlog_format = \"off\"\n{extra_global}\n[admin]\nlisten = \"off\"\n\n\
+            "[global]\nworkers = 1\nlog_format = \"off\"\n{extra_global}\n[admin]\nlisten = \"off\"\n{extra_admin}\n\n\
              [[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\nbacklog = 4096\n{listener_extra}\n\n\
              [[pool]]\nname = \"p\"\n{pool_extra}\n  [[pool.server]]\n  address = \"127.0.0.1:{upstream}\"\n"
         ),
