@@ -121,6 +121,9 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         let signals = Signals::install()?;
         daemon.apply_initial()?;
         daemon.start_admin(prometheus)?;
+        // Announced once everything listens, admin included: scripts (and the tests) take this
+        // line, like READY=1, to mean every configured address accepts.
+        daemon.announce();
         daemon.notifier.ready();
         daemon.control(signals).await;
         Ok::<_, String>(daemon)
@@ -216,7 +219,10 @@ impl Signals {
 impl Daemon {
     fn apply_initial(&mut self) -> Result<(), String> {
         let config = self.config.clone();
-        self.apply(&config)?;
+        self.apply(&config)
+    }
+
+    fn announce(&self) {
         tracing::info!(
             "l4relay {} relaying on {} listener(s) with {} worker(s)",
             env!("CARGO_PKG_VERSION"),
@@ -227,7 +233,6 @@ impl Daemon {
             let settings = slot.settings.load();
             tracing::info!(listener = %settings.name, address = %slot.addr, pool = %settings.pool.name, "listening");
         }
-        Ok(())
     }
 
     /// Binds the admin (and health) listeners and serves them on this, the control, thread.
