@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 use crate::pool::{Pool, Server, ServerId, ServerLease};
 use crate::sockopt;
@@ -154,8 +155,22 @@ pub(crate) async fn open(addr: SocketAddr, pool: &Pool) -> io::Result<TcpStream>
         sockopt::bind_address_no_port(&socket)?;
         socket.bind(&SocketAddr::new(source, 0).into())?;
     }
-    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-    socket.connect(addr).await
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    // The connect's outcome is in the readiness epoll reports: writable once established, and
+    // an error or hang-up with it when it failed. Only a failure asks the socket why (SO_ERROR),
+    // where tokio's own connect asks on every success too.
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream
+            .take_error()?
+            .unwrap_or_else(|| io::ErrorKind::ConnectionRefused.into()));
+    }
+    Ok(stream)
 }
 
 /// A non-blocking TCP socket for `addr`'s family: on Linux made so by socket(2) itself, which

@@ -531,7 +531,14 @@ impl Session {
         deadline: tokio::time::Instant,
     ) -> Result<ClientIdentity, End> {
         let config = &self.listener.config;
-        let local = client.local_addr().unwrap_or(self.peer);
+        // The address the client connected to: the listener's own when it is bound to one
+        // address and port (no getsockname per connection), else the socket's.
+        let bound = config.listen;
+        let local = if bound.ip().is_unspecified() || bound.port() == 0 {
+            client.local_addr().unwrap_or(self.peer)
+        } else {
+            bound
+        };
         let accept = match config.proxy_protocol {
             ProxyProtocol::Off => return Ok(ClientIdentity::from_socket(self.peer, local)),
             ProxyProtocol::V1 => Accept::V1,

@@ -127,12 +127,10 @@ impl Future for Relay {
         let (client, server) = (&mut this.client, &mut this.server);
         let (up, down) = (&mut this.client_to_server, &mut this.server_to_client);
         let polled = poll_both(&mut this.first_fin, |from| match from {
-            Side::Client => {
-                (!up.is_done()).then(|| up.poll_transfer(cx, client, server, &settings))
-            }
-            Side::Server => {
-                (!down.is_done()).then(|| down.poll_transfer(cx, server, client, &settings))
-            }
+            Side::Client => (!up.is_done())
+                .then(|| up.poll_transfer(cx, client, server, &settings, down.is_done())),
+            Side::Server => (!down.is_done())
+                .then(|| down.poll_transfer(cx, server, client, &settings, up.is_done())),
         });
         polled.map(|ended| {
             if let Ended::Failed { .. } = ended {
