@@ -164,7 +164,10 @@ fn is_prefix_of_proxy(buf: &[u8]) -> bool {
 async fn route(request: &Request, admin: &Admin, scope: Scope) -> Response {
     let full = scope == Scope::Full;
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
+        ("GET" | "HEAD", "/healthz") => match admin.shared.heartbeats.stuck() {
+            None => Response::text(200, "ok\n"),
+            Some((index, silent)) => Response::text(503, format!("{}\n", stuck(index, silent))),
+        },
         ("GET" | "HEAD", "/readyz") => match readiness(&admin.shared) {
             Ok(()) => Response::text(200, "ready\n"),
             Err(why) => Response::text(503, format!("not ready: {why}\n")),
@@ -272,6 +275,10 @@ pub fn readiness(shared: &Shared) -> Result<(), String> {
     if phase != Phase::Running {
         return Err("draining".to_string());
     }
+    // New connections hashed to a stuck worker's socket would wait in its accept queue.
+    if let Some((index, silent)) = shared.heartbeats.stuck() {
+        return Err(stuck(index, silent));
+    }
     for slot in shared.listeners.load().iter() {
         let settings = slot.settings.load();
         if !settings.pool.has_server_up() {
@@ -282,6 +289,13 @@ pub fn readiness(shared: &Shared) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn stuck(index: usize, silent: Duration) -> String {
+    format!(
+        "worker-{index} stuck: its event loop has not run for {:.1}s",
+        silent.as_secs_f64()
+    )
 }
 
 async fn metrics(admin: &Admin) -> Response {

@@ -26,6 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::config::{Config, Drain, ListenerConfig};
+use crate::heartbeat::{self, Heartbeats};
 use crate::limits::Limit;
 use crate::listener::{self, ListenerSettings, ListenerSlot};
 use crate::notify::{self, Notifier};
@@ -56,6 +57,8 @@ pub struct Shared {
     pub phase: watch::Sender<Phase>,
     /// The drain settings of the running config.
     pub drain: ArcSwap<Drain>,
+    /// One per worker: a stuck worker fails the watchdog, /healthz and /readyz.
+    pub heartbeats: Arc<Heartbeats>,
 }
 
 struct Worker {
@@ -99,10 +102,14 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         access_log: AccessLog::start(config.global.log_format, config.global.log_skip_empty),
         phase: watch::Sender::new(Phase::Running),
         drain: ArcSwap::from_pointee(config.drain.clone()),
+        heartbeats: Heartbeats::new(worker_count),
     });
     let workers = (0..worker_count)
         .map(|i| start_worker(i, shared.phase.subscribe()))
         .collect::<Result<Vec<_>, _>>()?;
+    for (index, worker) in workers.iter().enumerate() {
+        shared.heartbeats.start(index, &worker.handle);
+    }
 
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -276,11 +283,11 @@ impl Daemon {
 
     async fn control(&mut self, mut signals: Signals) {
         let watchdog = notify::watchdog_interval();
-        let mut watchdog_tick =
-            tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
-        // A probe that waited on a stuck worker must not be followed by a burst of catch-up
-        // pings: the next one comes a whole period after it.
+        let ping = watchdog.map_or(Duration::from_secs(3600), |d| d / 2);
+        let mut watchdog_tick = tokio::time::interval(ping);
+        // A control thread held up (a long reload) pings once when free, not in a burst.
         watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stuck_after = heartbeat::watchdog_threshold(ping);
         loop {
             tokio::select! {
                 _ = signals.terminate.recv() => {
@@ -294,7 +301,7 @@ impl Daemon {
                 }
                 _ = signals.hangup.recv() => self.reload(),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                    if self.workers_respond().await {
+                    if self.workers_respond(stuck_after) {
                         self.notifier.watchdog();
                     }
                 }
@@ -302,29 +309,19 @@ impl Daemon {
         }
     }
 
-    /// True when every worker runtime ran a task just now: a stuck worker withholds the
-    /// watchdog ping, so systemd restarts the process.
-    async fn workers_respond(&self) -> bool {
-        let mut replies = Vec::with_capacity(self.workers.len());
-        for worker in &self.workers {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            worker.handle.spawn(async move {
-                let _ = tx.send(());
-            });
-            replies.push(rx);
-        }
-        for reply in replies {
-            if tokio::time::timeout(Duration::from_secs(1), reply)
-                .await
-                .is_err()
-            {
+    /// True unless a worker has stopped beating: a stuck worker withholds the watchdog ping
+    /// (systemd then restarts the relay). Reads the heartbeats; never waits on a worker.
+    fn workers_respond(&self, stuck_after: Duration) -> bool {
+        match self.shared.heartbeats.silent_for(stuck_after) {
+            None => true,
+            Some((index, silent)) => {
                 tracing::error!(
-                    "a worker thread did not respond within 1s: withholding the watchdog ping"
+                    "worker-{index} has not run for {:.1}s: withholding the watchdog ping",
+                    silent.as_secs_f64()
                 );
-                return false;
+                false
             }
         }
-        true
     }
 
     async fn drain(&mut self, signals: &mut Signals) {

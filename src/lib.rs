@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod dns;
 pub mod handshake;
 pub mod health;
+pub mod heartbeat;
 pub mod limits;
 pub mod listener;
 pub mod logging;

@@ -504,7 +504,7 @@ async fn systemd_notifications_arrive_in_order() {
 // ---- a stuck worker and the systemd watchdog ----
 
 /// What the control thread logs when a worker does not answer its watchdog probe.
-const NO_RESPONSE: &str = "a worker thread did not respond";
+const NO_RESPONSE: &str = "worker-0 has not run for";
 
 /// The id of the thread of process `pid` named `name` (as `std::thread::Builder::name` sets it).
 fn thread_named(pid: u32, name: &str) -> Option<libc::pid_t> {
@@ -718,9 +718,9 @@ fn a_stuck_worker_withholds_the_watchdog_ping() {
         "exactly worker-0 should be stopped: {states:?}"
     );
 
-    // The first probe after the stop waits 1 s, then logs and withholds its ping. Pings of
-    // probes that worker-0 answered before it stopped may still be queued: drop them. Every
-    // probe from here on starts after the stop.
+    // Half a second after the stop (two missed heartbeats, WatchdogSec/2 raised to that
+    // floor) the next watchdog tick logs and withholds its ping. Pings sent before may still be
+    // queued: drop them. Every tick from here on comes after the stop was noticed.
     let noticed = runtime.block_on(eventually(Duration::from_secs(10), || {
         failed_probes(&relay) > probes_before_stop
     }));
@@ -736,11 +736,24 @@ fn a_stuck_worker_withholds_the_watchdog_ping() {
     let mut echoes = tokio::task::JoinSet::new();
     runtime.block_on(async {
         let limit = Duration::from_secs(5);
-        let (code, body) =
-            tokio::time::timeout(limit, admin_request(admin, "GET", "/healthz", None))
-                .await
-                .expect("/healthz answers while a worker is stopped");
-        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        // Liveness and readiness fail, naming the worker, once it has missed 2 s of beats.
+        for path in ["/healthz", "/readyz"] {
+            let deadline = Instant::now() + limit;
+            loop {
+                let (code, body) =
+                    tokio::time::timeout(limit, admin_request(admin, "GET", path, None))
+                        .await
+                        .unwrap_or_else(|_| panic!("{path} answers while a worker is stopped"));
+                if code == 503 && body.contains("worker-0 stuck: its event loop has not run for") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{path} did not report worker-0 stuck within {limit:?}: {code} {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         // /metrics asks every worker for its pipe counts and gives a stopped one 1 s.
         let (code, _) = tokio::time::timeout(limit, admin_request(admin, "GET", "/metrics", None))
             .await
@@ -762,9 +775,9 @@ fn a_stuck_worker_withholds_the_watchdog_ping() {
     });
 
     // That no ping arrives can only be shown over a window of time. This one lasts ten
-    // watchdog intervals (3 s; systemd gives up after one) and until at least two more probes
-    // have failed (each waits 1 s for worker-0), so the control thread is seen to keep probing
-    // and withholding, not merely to be slow.
+    // watchdog intervals (3 s; systemd gives up after one) and until at least two more ticks
+    // have withheld their ping, so the control thread is seen to keep ticking and withholding,
+    // not merely to be slow.
     let quiet_for = Duration::from_secs(3);
     loop {
         let enough_probes = failed_probes(&relay) >= probes_before + 2;
@@ -798,9 +811,16 @@ fn a_stuck_worker_withholds_the_watchdog_ping() {
         }
     });
 
-    // Running again, worker-0 answers the next probe, and serves the connections it queued.
+    // Running again, worker-0 beats, the pings resume, liveness and readiness recover, and it
+    // serves the connections it queued.
     stopped.resume();
     notify.receive_until("WATCHDOG=1", Duration::from_secs(5));
+    runtime.block_on(async {
+        for path in ["/healthz", "/readyz"] {
+            let (code, body) = admin_request(admin, "GET", path, None).await;
+            assert_eq!(code, 200, "{path} after the resume: {body}");
+        }
+    });
     runtime.block_on(async {
         let all = async {
             while let Some(echo) = echoes.join_next().await {
