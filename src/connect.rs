@@ -66,19 +66,25 @@ pub enum ConnectError<E = ()> {
 /// pool's metrics.
 pub async fn connect(pool: &Pool, client: IpAddr) -> Result<Upstream, ConnectError> {
     connect_with(pool, client, |server| async move {
-        match tokio::time::timeout(pool.connect_timeout, open(server.addr, pool)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                Err((AttemptResult::Refused, ()))
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(pool = %pool.name, server = %server.name, addr = %server.addr, "connect failed: {e}");
-                Err((AttemptResult::Error, ()))
-            }
-            Err(_) => Err((AttemptResult::Timeout, ())),
-        }
+        attempt_tcp(pool, &server)
+            .await
+            .map_err(|result| (result, ()))
     })
     .await
+}
+
+/// One TCP connect to `server` within the pool's connect timeout; a failure is the result it
+/// counts under. The attempt of [`connect`], and the first step of a TLS pool's.
+pub async fn attempt_tcp(pool: &Pool, server: &Server) -> Result<TcpStream, AttemptResult> {
+    match tokio::time::timeout(pool.connect_timeout, open(server.addr, pool)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(AttemptResult::Refused),
+        Ok(Err(e)) => {
+            tracing::debug!(pool = %pool.name, server = %server.name, addr = %server.addr, "connect failed: {e}");
+            Err(AttemptResult::Error)
+        }
+        Err(_) => Err(AttemptResult::Timeout),
+    }
 }
 
 /// The picks, retries and counts of [`connect`] around an attempt of the caller's: TCP alone,

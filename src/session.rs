@@ -362,16 +362,9 @@ impl Session {
         mut preamble: Vec<u8>,
         first_bytes: &[u8],
     ) -> Result<(ServerStream, ServerLease), End> {
-        let upstream = match connect::connect(pool, client_ip).await {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, "{}", describe(&error));
-                return Err(match error {
-                    ConnectError::NoServer => End::NoServer,
-                    ConnectError::Failed { .. } => End::ConnectFailed,
-                });
-            }
-        };
+        let upstream = connect::connect(pool, client_ip)
+            .await
+            .map_err(|error| self.no_connection(pool, error, |()| End::ConnectFailed))?;
         self.record_server(upstream.lease.server(), upstream.connect_time);
         let mut stream = upstream.stream;
         preamble.extend_from_slice(first_bytes);
@@ -403,16 +396,9 @@ impl Session {
         let attempt = |server: Arc<Server>| async move {
             this.attempt_tls(pool, tls, &server, preamble).await
         };
-        let upstream = match connect::connect_with(pool, client_ip, attempt).await {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, "{}", describe(&error));
-                return Err(match error {
-                    ConnectError::NoServer => End::NoServer,
-                    ConnectError::Failed { reason, .. } => reason,
-                });
-            }
-        };
+        let upstream = connect::connect_with(pool, client_ip, attempt)
+            .await
+            .map_err(|error| self.no_connection(pool, error, |reason| reason))?;
         let server = upstream.lease.server();
         self.record_server(server, upstream.connect_time);
         let mut stream = upstream.stream;
@@ -439,18 +425,9 @@ impl Session {
         server: &Server,
         preamble: &[u8],
     ) -> Result<Box<Originated>, (AttemptResult, End)> {
-        let opened = tokio::time::timeout(pool.connect_timeout, connect::open(server.addr, pool));
-        let mut stream = match opened.await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                return Err((AttemptResult::Refused, End::ConnectFailed))
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(pool = %pool.name, server = %server.name, addr = %server.addr, "connect failed: {e}");
-                return Err((AttemptResult::Error, End::ConnectFailed));
-            }
-            Err(_) => return Err((AttemptResult::Timeout, End::ConnectFailed)),
-        };
+        let mut stream = connect::attempt_tcp(pool, server)
+            .await
+            .map_err(|result| (result, End::ConnectFailed))?;
         if !preamble.is_empty() {
             if let Err(e) = stream.write_all(preamble).await {
                 tracing::debug!(pool = %pool.name, server = %server.name, addr = %server.addr, "writing the PROXY header: {e}");
@@ -515,6 +492,21 @@ impl Session {
         let end = self.relay_until_end(&mut relay, server, keepalive).await;
         self.record_bytes(relay.bytes());
         end
+    }
+
+    /// Logs why no server could be connected and names the connection's end: `NoServer`, or
+    /// what `failed` makes of the last attempt's reason.
+    fn no_connection<E: Describe>(
+        &self,
+        pool: &Pool,
+        error: ConnectError<E>,
+        failed: impl FnOnce(E) -> End,
+    ) -> End {
+        tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, "{}", describe(&error));
+        match error {
+            ConnectError::NoServer => End::NoServer,
+            ConnectError::Failed { reason, .. } => failed(reason),
+        }
     }
 
     /// The server a connection was established to, for its access-log line.

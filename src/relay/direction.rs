@@ -1,8 +1,8 @@
 //! One direction of a relayed connection: read from one socket, write to the other.
 //!
 //! The state is small and explicit: bytes held in flight (in a borrowed pipe or buffer, or
-//! nothing), whether the source has ended, and whether the end has been passed on as a
-//! shutdown(WR) of the destination. While bytes are held nothing more is read, so a slow reader
+//! nothing), whether the source has ended, and whether the end has been passed on (a
+//! shutdown(WR) of the destination, or its close when the other direction has ended too). While bytes are held nothing more is read, so a slow reader
 //! backs the stream up into the kernel's socket buffers instead of into this process: at most one
 //! pipe or buffer per direction.
 //!
@@ -212,7 +212,7 @@ impl Direction {
         // until it says which. With the socket's readiness cleared by the short read, an empty
         // source answers Pending without a system call; a FIN answers 0, and then the bytes
         // and the FIN leave in one segment (`poll_flush` holds them back with MSG_MORE until
-        // the shutdown), as a request or reply followed by a close usually does.
+        // the shutdown or close), as a request or reply followed by a close usually does.
         while *end < buf.len() {
             let mut rest = ReadBuf::new(&mut buf[*end..]);
             match Pin::new(&mut *src).poll_read(cx, &mut rest) {
@@ -345,9 +345,9 @@ impl Drop for Direction {
     }
 }
 
-/// Writes the last bytes before a FIN with MSG_MORE, so that the shutdown that follows sends
-/// them and the FIN in one segment (TCP_NODELAY would otherwise send them at once, alone).
-/// Should the shutdown not follow, the next ACK from the peer releases them.
+/// Writes the last bytes before a FIN with MSG_MORE, so that the shutdown (or close) that
+/// follows sends them and the FIN in one segment (TCP_NODELAY would otherwise send them at
+/// once, alone). Should neither follow, the next ACK from the peer releases them.
 #[cfg(target_os = "linux")]
 fn write_before_fin(
     cx: &mut Context<'_>,
