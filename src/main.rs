@@ -74,7 +74,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            l4relay::logging::init(&config.global.log_level);
+            l4relay::observe::logging::init(&config.global.log_level);
             match l4relay::daemon::run(config, l4relay::daemon::Options { takeover }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

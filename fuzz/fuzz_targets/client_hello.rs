@@ -2,7 +2,7 @@
 //! after a complete ClientHello never change the answer.
 #![no_main]
 
-use l4relay::sni::{self, Peeked};
+use l4relay::protocol::sni::{self, Peeked};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

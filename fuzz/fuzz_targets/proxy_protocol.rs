@@ -2,7 +2,7 @@
 //! the addresses it yields survive a round trip through both encoders.
 #![no_main]
 
-use l4relay::proxy_protocol::{self, Accept, Header, Parsed};
+use l4relay::protocol::proxy_protocol::{self, Accept, Header, Parsed};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

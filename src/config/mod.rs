@@ -19,7 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::de::DeTable;
 
-use crate::route::{self, Routes};
+use crate::protocol::name_table::{self, NameTable};
 use crate::tls;
 
 pub use crate::tls::MinVersion;
@@ -127,7 +127,7 @@ pub struct ListenerConfig {
     /// Concurrent connections per VPC endpoint ID.
     pub max_connections_per_vpce: Option<usize>,
     /// SNI routes to pools (indexes into `Config::pools`); empty: no ClientHello is read.
-    pub routes: Routes,
+    pub routes: NameTable,
     /// What happens to a connection no route matches.
     pub route_fallback: RouteFallback,
     pub handshake_timeout: Duration,
@@ -769,7 +769,7 @@ fn read_listener(
     let max_connections_per_vpce = s
         .integer_at(diag, "max_connections_per_vpce", 1..=10_000_000)
         .map(|at| at.value as usize);
-    let mut routes = Routes::default();
+    let mut routes = NameTable::default();
     for mut section in s.tables(diag, "route") {
         let pool =
             section
@@ -785,7 +785,7 @@ fn read_listener(
                         None
                     }
                 });
-        let names = section.list(diag, "server_names", route::parse_server_name);
+        let names = section.list(diag, "server_names", name_table::parse_server_name);
         if names.is_empty() {
             diag.error(
                 &section.span(),
@@ -1071,7 +1071,7 @@ fn read_listener_tls(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Opt
     for mut entry in s.tables(diag, "certificate") {
         let cert = entry.required_string(diag, "cert");
         let key = entry.required_string(diag, "key");
-        let names = entry.list(diag, "server_names", route::parse_server_name);
+        let names = entry.list(diag, "server_names", name_table::parse_server_name);
         if let Some((identity, dns_names)) = read_certificate(&entry, diag, cert, key) {
             let index = set.add(Arc::clone(&identity.certified));
             certificates += 1;
@@ -1393,7 +1393,7 @@ fn read_health(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Option<He
         }
     }
     if let Some(at) = &ca_file {
-        if let Err(message) = crate::health::tls::load_ca_file(Path::new(&at.value)) {
+        if let Err(message) = crate::upstream::health::tls::load_ca_file(Path::new(&at.value)) {
             diag.error(&at.span, &at.key, message);
         }
     }

@@ -16,6 +16,7 @@
 mod buffer;
 mod direction;
 pub mod pipe;
+pub mod sockopt;
 pub mod stream;
 
 use std::future::Future;
@@ -27,7 +28,6 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 
 use crate::config::RelayMode;
-use crate::sockopt;
 use direction::{Direction, Failure};
 
 /// How a relay moves bytes; taken from the listener's config when the connection starts.

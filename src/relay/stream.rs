@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 
 use super::direction::Failure;
 use super::{buffer, Ended, Running, Side};
-use crate::sockopt;
+use crate::relay::sockopt;
 
 /// One side of a buffered relay: a byte stream over a TCP socket.
 pub trait Transport: AsyncBufRead + AsyncWrite + Unpin {

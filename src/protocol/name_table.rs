@@ -10,13 +10,13 @@ use std::collections::HashMap;
 
 /// A listener's SNI routes, pools given by index into the config's pools.
 #[derive(Debug, Clone, Default)]
-pub struct Routes {
+pub struct NameTable {
     exact: HashMap<String, usize>,
     /// Keyed by the suffix after "*." (e.g. "example.com").
     wildcard: HashMap<String, usize>,
 }
 
-impl Routes {
+impl NameTable {
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcard.is_empty()
     }
@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn exact_and_wildcard_names() {
-        let mut routes = Routes::default();
+        let mut routes = NameTable::default();
         assert!(routes.insert("API.example.com", 1));
         assert!(routes.insert("*.example.com", 2));
         assert!(!routes.insert("api.example.com", 3), "duplicate");

@@ -15,9 +15,9 @@ use tokio_rustls::TlsConnector;
 
 use super::http;
 use crate::config::{CheckKind, HealthConfig, SendProxy, TlsCheck};
-use crate::pool::state::Reason;
-use crate::pool::{Pool, Server};
-use crate::proxy_protocol;
+use crate::protocol::proxy_protocol;
+use crate::upstream::pool::state::Reason;
+use crate::upstream::pool::{Pool, Server};
 
 /// Where a check was when its time ran out.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +61,7 @@ async fn probe(
     config: &HealthConfig,
     stage: &mut Stage,
 ) -> Result<(), Reason> {
-    let mut stream = crate::connect::open(server.addr, pool)
+    let mut stream = crate::upstream::connect::open(server.addr, pool)
         .await
         .map_err(connect_error)?;
     send_proxy_header(pool, &mut stream).await?;

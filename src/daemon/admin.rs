@@ -19,17 +19,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 
-use crate::daemon::{Phase, Shared};
-use crate::proxy_protocol::{self, Accept, Parsed};
+use crate::daemon::State;
+use crate::lifecycle::Phase;
+use crate::observe::telemetry;
+use crate::protocol::proxy_protocol::{self, Accept, Parsed};
 use crate::relay::pipe;
-use crate::telemetry;
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the admin endpoints read.
 pub struct Admin {
-    pub shared: Arc<Shared>,
+    pub state: Arc<State>,
     pub prometheus: Option<PrometheusHandle>,
     pub workers: Vec<Handle>,
     /// Required by POST requests when set.
@@ -164,11 +165,11 @@ fn is_prefix_of_proxy(buf: &[u8]) -> bool {
 async fn route(request: &Request, admin: &Admin, scope: Scope) -> Response {
     let full = scope == Scope::Full;
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET" | "HEAD", "/healthz") => match admin.shared.heartbeats.stuck() {
+        ("GET" | "HEAD", "/healthz") => match admin.state.heartbeats.stuck() {
             None => Response::text(200, "ok\n"),
             Some((index, silent)) => Response::text(503, format!("{}\n", stuck(index, silent))),
         },
-        ("GET" | "HEAD", "/readyz") => match readiness(&admin.shared) {
+        ("GET" | "HEAD", "/readyz") => match readiness(&admin.state) {
             Ok(()) => Response::text(200, "ready\n"),
             Err(why) => Response::text(503, format!("not ready: {why}\n")),
         },
@@ -176,7 +177,7 @@ async fn route(request: &Request, admin: &Admin, scope: Scope) -> Response {
         ("GET" | "HEAD", "/status") if full => Response {
             status: 200,
             content_type: "application/json",
-            body: status(&admin.shared).to_string() + "\n",
+            body: status(&admin.state).to_string() + "\n",
         },
         (_, "/healthz" | "/readyz") => Response::text(405, "method not allowed\n"),
         (_, "/metrics" | "/status") if full => Response::text(405, "method not allowed\n"),
@@ -213,7 +214,7 @@ fn server_control(
     else {
         return Response::text(400, "bad request: invalid percent-encoding\n");
     };
-    let listeners = admin.shared.listeners.load();
+    let listeners = admin.state.listeners.load();
     let found = listeners.first().and_then(|slot| {
         let settings = slot.settings.load();
         settings
@@ -270,16 +271,16 @@ fn percent_decode(text: &str) -> Option<String> {
 
 /// Ready: not draining, and every listener's default pool has a server that may take a
 /// connection.
-pub fn readiness(shared: &Shared) -> Result<(), String> {
-    let phase = *shared.phase.borrow();
+pub fn readiness(state: &State) -> Result<(), String> {
+    let phase = *state.sessions.phase.borrow();
     if phase != Phase::Running {
         return Err("draining".to_string());
     }
     // New connections hashed to a stuck worker's socket would wait in its accept queue.
-    if let Some((index, silent)) = shared.heartbeats.stuck() {
+    if let Some((index, silent)) = state.heartbeats.stuck() {
         return Err(stuck(index, silent));
     }
-    for slot in shared.listeners.load().iter() {
+    for slot in state.listeners.load().iter() {
         let settings = slot.settings.load();
         if !settings.pool.has_server_up() {
             return Err(format!(
@@ -310,12 +311,13 @@ async fn metrics(admin: &Admin) -> Response {
     }
     metrics::gauge!(telemetry::PIPES, "state" => "in_use").set(in_use as f64);
     metrics::gauge!(telemetry::PIPES, "state" => "pooled").set(pooled as f64);
-    metrics::gauge!(telemetry::READY).set(if readiness(&admin.shared).is_ok() {
+    metrics::gauge!(telemetry::READY).set(if readiness(&admin.state).is_ok() {
         1.0
     } else {
         0.0
     });
-    metrics::counter!(telemetry::ACCESS_LOG_DROPPED).absolute(admin.shared.access_log.dropped());
+    metrics::counter!(telemetry::ACCESS_LOG_DROPPED)
+        .absolute(admin.state.sessions.access_log.dropped());
     Response {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -342,8 +344,8 @@ async fn worker_pipe_stats(workers: &[Handle]) -> Vec<(usize, usize)> {
     stats
 }
 
-fn status(shared: &Shared) -> serde_json::Value {
-    let listeners = shared.listeners.load();
+fn status(state: &State) -> serde_json::Value {
+    let listeners = state.listeners.load();
     let mut pools_seen: Vec<serde_json::Value> = Vec::new();
     let mut pool_names: Vec<String> = Vec::new();
     let listeners_json: Vec<serde_json::Value> = listeners
@@ -367,9 +369,9 @@ fn status(shared: &Shared) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "phase": format!("{:?}", *shared.phase.borrow()).to_lowercase(),
-        "ready": readiness(shared).is_ok(),
-        "connections": { "active": shared.limit.active(), "max": shared.limit.max() },
+        "phase": format!("{:?}", *state.sessions.phase.borrow()).to_lowercase(),
+        "ready": readiness(state).is_ok(),
+        "connections": { "active": state.sessions.limit.active(), "max": state.sessions.limit.max() },
         "listeners": listeners_json,
         "pools": pools_seen,
     })

@@ -12,8 +12,8 @@ use socket2::{Domain, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::pool::{Pool, Server, ServerId, ServerLease};
-use crate::sockopt;
+use crate::relay::sockopt;
+use crate::upstream::pool::{Pool, Server, ServerId, ServerLease};
 
 /// An established upstream connection and the server slot it holds.
 pub struct Upstream<S = TcpStream> {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::connect::AttemptResult;
+use crate::upstream::connect::AttemptResult;
 
 pub const CONNECTIONS: &str = "l4relay_connections_total";
 pub const CONNECTIONS_ACTIVE: &str = "l4relay_connections_active";

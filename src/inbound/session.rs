@@ -19,21 +19,22 @@ use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::access_log::Record;
 use crate::config::{Keepalive, PoolTls, ProxyProtocol, RouteFallback, SendProxy};
-use crate::connect::{self, AttemptResult, ConnectError};
-use crate::daemon::{Phase, Shared};
-use crate::handshake::{self, ClientIdentity, HandshakeError, Hello};
-use crate::limits::{ClientLimits, ClientPermits, Permit};
-use crate::listener::ListenerSettings;
-use crate::pool::{Pool, Server, ServerLease};
-use crate::proxy_protocol::{self, Accept};
-use crate::quiet::Quiet;
+use crate::inbound::limits::{ClientLimits, ClientPermits, Permit};
+use crate::inbound::listener::ListenerSettings;
+use crate::inbound::preamble::{self, ClientIdentity, HandshakeError, Hello};
+use crate::inbound::Shared;
+use crate::lifecycle::quiet::Quiet;
+use crate::lifecycle::Phase;
+use crate::observe::access_log::Record;
+use crate::observe::telemetry;
+use crate::protocol::proxy_protocol::{self, Accept};
+use crate::relay::sockopt;
 use crate::relay::stream::{Pooled, StreamRelay, Transport};
 use crate::relay::{Ended, Relay, Running, Side};
-use crate::sockopt;
-use crate::telemetry;
 use crate::tls::{self, Failure, Originated, Terminated};
+use crate::upstream::connect::{self, AttemptResult, ConnectError};
+use crate::upstream::pool::{Pool, Server, ServerLease};
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -548,7 +549,7 @@ impl Session {
         }
         match tokio::time::timeout_at(
             deadline,
-            handshake::read_proxy_header(client, accept, self.peer, local),
+            preamble::read_proxy_header(client, accept, self.peer, local),
         )
         .await
         {
@@ -585,7 +586,7 @@ impl Session {
         };
         let hello = match tokio::time::timeout_at(
             deadline,
-            handshake::read_client_hello(client, first_bytes),
+            preamble::read_client_hello(client, first_bytes),
         )
         .await
         {
@@ -687,7 +688,7 @@ impl Session {
         let mut drain_deadline = Quiet::new(async move {
             if phase.wait_for(|p| *p >= Phase::Closing).await.is_ok() {
                 // Spread closes so the clients of a draining relay don't all reconnect at once.
-                let spread = drain.drain.load().close_spread;
+                let spread = drain.close_spread();
                 tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
             } else {
                 std::future::pending::<()>().await;

@@ -23,38 +23,29 @@ use tokio::sync::watch;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::access_log::AccessLog;
-use crate::admin::{self, Admin};
+use crate::inbound::Shared;
+use crate::lifecycle::Phase;
+use crate::observe::access_log::AccessLog;
+mod admin;
+mod heartbeat;
+mod notify;
 use crate::config::{Config, Drain, ListenerConfig};
-use crate::heartbeat::{self, Heartbeats};
-use crate::limits::Limit;
-use crate::listener::{self, ListenerSettings, ListenerSlot};
-use crate::notify::{self, Notifier};
-use crate::pool::Pool;
+use crate::inbound::limits::Limit;
+use crate::inbound::listener::{self, ListenerSettings, ListenerSlot};
+use crate::observe::telemetry::{self, ListenerMetrics};
 use crate::relay;
-use crate::sockopt;
-use crate::telemetry::{self, ListenerMetrics};
+use crate::relay::sockopt;
+use crate::upstream::pool::Pool;
+use admin::Admin;
+use heartbeat::Heartbeats;
+use notify::Notifier;
 
-/// Where the process is in its life. Ordered: each phase follows the one before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    Running,
-    /// Draining, still accepting: not ready, so the load balancer stops sending.
-    Announcing,
-    /// Listeners closed; established connections run on.
-    Stopped,
-    /// Past the drain deadline: connections are being closed.
-    Closing,
-    Exit,
-}
-
-/// What every worker and session shares.
-pub struct Shared {
-    pub limit: Arc<Limit>,
+/// What the control plane and the admin endpoints share with the workers.
+pub struct State {
+    /// What every listener and session shares: the process limit, the access log, the phase.
+    pub sessions: Arc<Shared>,
     /// The listeners of the running config, for readiness and /status.
     pub listeners: ArcSwap<Vec<Arc<ListenerSlot>>>,
-    pub access_log: AccessLog,
-    pub phase: watch::Sender<Phase>,
     /// The drain settings of the running config.
     pub drain: ArcSwap<Drain>,
     /// One per worker: a stuck worker fails the watchdog, /healthz and /readyz.
@@ -68,7 +59,7 @@ struct Worker {
 
 pub struct Daemon {
     config: Config,
-    shared: Arc<Shared>,
+    state: Arc<State>,
     workers: Vec<Worker>,
     slots: HashMap<SocketAddr, Arc<ListenerSlot>>,
     pools: Vec<Arc<Pool>>,
@@ -96,19 +87,21 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let shared = Arc::new(Shared {
-        limit: Limit::new(Some(config.global.max_connections)),
+    let state = Arc::new(State {
+        sessions: Arc::new(Shared::new(
+            Limit::new(Some(config.global.max_connections)),
+            AccessLog::start(config.global.log_format, config.global.log_skip_empty),
+            config.drain.close_spread,
+        )),
         listeners: ArcSwap::from_pointee(Vec::new()),
-        access_log: AccessLog::start(config.global.log_format, config.global.log_skip_empty),
-        phase: watch::Sender::new(Phase::Running),
         drain: ArcSwap::from_pointee(config.drain.clone()),
         heartbeats: Heartbeats::new(worker_count),
     });
     let workers = (0..worker_count)
-        .map(|i| start_worker(i, shared.phase.subscribe()))
+        .map(|i| start_worker(i, state.sessions.phase.subscribe()))
         .collect::<Result<Vec<_>, _>>()?;
     for (index, worker) in workers.iter().enumerate() {
-        shared.heartbeats.start(index, &worker.handle);
+        state.heartbeats.start(index, &worker.handle);
     }
 
     let control = tokio::runtime::Builder::new_current_thread()
@@ -118,7 +111,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
     let result = control.block_on(async {
         let mut daemon = Daemon {
             config,
-            shared,
+            state,
             workers,
             slots: HashMap::new(),
             pools: Vec::new(),
@@ -136,7 +129,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         Ok::<_, String>(daemon)
     });
     let daemon = result?;
-    daemon.shared.phase.send_replace(Phase::Exit);
+    daemon.state.sessions.phase.send_replace(Phase::Exit);
     for worker in daemon.workers {
         let _ = worker.thread.join();
     }
@@ -256,7 +249,7 @@ impl Daemon {
             });
         }
         let admin = Arc::new(Admin {
-            shared: Arc::clone(&self.shared),
+            state: Arc::clone(&self.state),
             prometheus,
             workers: self.workers.iter().map(|w| w.handle.clone()).collect(),
             token: self.config.admin.token.clone(),
@@ -312,7 +305,7 @@ impl Daemon {
     /// True unless a worker has stopped beating: a stuck worker withholds the watchdog ping
     /// (systemd then restarts the relay). Reads the heartbeats; never waits on a worker.
     fn workers_respond(&self, stuck_after: Duration) -> bool {
-        match self.shared.heartbeats.silent_for(stuck_after) {
+        match self.state.heartbeats.silent_for(stuck_after) {
             None => true,
             Some((index, silent)) => {
                 tracing::error!(
@@ -325,18 +318,18 @@ impl Daemon {
     }
 
     async fn drain(&mut self, signals: &mut Signals) {
-        let drain = self.shared.drain.load_full();
+        let drain = self.state.drain.load_full();
         tracing::info!(
             "SIGTERM: draining: not ready now, accepting for {:?} more, then waiting up to {:?} for {} connection(s)",
             drain.announce,
             drain.deadline,
-            self.shared.limit.active()
+            self.state.sessions.limit.active()
         );
         self.notifier.stopping("draining");
         self.notifier.extend_timeout(
             drain.announce + drain.deadline + drain.close_spread + Duration::from_secs(5),
         );
-        self.shared.phase.send_replace(Phase::Announcing);
+        self.state.sessions.phase.send_replace(Phase::Announcing);
         metrics::gauge!(telemetry::DRAINING).set(1.0);
 
         let now_or_on_signal = async {
@@ -351,26 +344,26 @@ impl Daemon {
             _ = tokio::time::sleep(drain.announce) => {}
             _ = &mut now_or_on_signal => return self.exit_now(),
         }
-        self.shared.phase.send_replace(Phase::Stopped);
+        self.state.sessions.phase.send_replace(Phase::Stopped);
         for slot in self.slots.values() {
             slot.stop.send_replace(true);
         }
         tracing::info!(
             "drain: listeners closed, {} connection(s) still open",
-            self.shared.limit.active()
+            self.state.sessions.limit.active()
         );
 
         tokio::select! {
             _ = self.connections_closed(drain.deadline) => {}
             _ = &mut now_or_on_signal => return self.exit_now(),
         }
-        let open = self.shared.limit.active();
+        let open = self.state.sessions.limit.active();
         if open > 0 {
             tracing::info!(
                 "drain deadline: closing {open} connection(s) over {:?}",
                 drain.close_spread
             );
-            self.shared.phase.send_replace(Phase::Closing);
+            self.state.sessions.phase.send_replace(Phase::Closing);
             tokio::select! {
                 _ = self.connections_closed(drain.close_spread + Duration::from_secs(1)) => {}
                 _ = &mut now_or_on_signal => return self.exit_now(),
@@ -382,7 +375,7 @@ impl Daemon {
     fn exit_now(&self) {
         tracing::info!(
             "second signal during drain: exiting now with {} connection(s) open",
-            self.shared.limit.active()
+            self.state.sessions.limit.active()
         );
     }
 
@@ -390,7 +383,7 @@ impl Daemon {
     async fn connections_closed(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         let mut poll = tokio::time::interval(Duration::from_millis(50));
-        while self.shared.limit.active() > 0 && tokio::time::Instant::now() < deadline {
+        while self.state.sessions.limit.active() > 0 && tokio::time::Instant::now() < deadline {
             poll.tick().await;
         }
     }
@@ -495,7 +488,7 @@ impl Daemon {
         for (l, sockets) in bound {
             let slot = ListenerSlot::new(settings_for(l));
             for (socket, worker) in sockets.into_iter().zip(&self.workers) {
-                let (slot, shared) = (Arc::clone(&slot), Arc::clone(&self.shared));
+                let (slot, shared) = (Arc::clone(&slot), Arc::clone(&self.state.sessions));
                 worker.handle.spawn(async move {
                     match TcpListener::from_std(socket) {
                         Ok(listener) => listener::accept_loop(listener, slot, shared).await,
@@ -515,17 +508,21 @@ impl Daemon {
             }
             keep
         });
-        self.shared
+        self.state
+            .sessions
             .limit
             .set_max(Some(config.global.max_connections));
-        self.shared
+        self.state
             .listeners
             .store(Arc::new(self.slots.values().cloned().collect()));
         for slot in self.slots.values() {
             let limit = slot.limit.max().unwrap_or(config.global.max_connections);
             metrics::gauge!(telemetry::CONNECTIONS_LIMIT, "listener" => slot.settings.load().name.to_string()).set(limit as f64);
         }
-        self.shared.drain.store(Arc::new(config.drain.clone()));
+        self.state.drain.store(Arc::new(config.drain.clone()));
+        self.state
+            .sessions
+            .set_close_spread(config.drain.close_spread);
         // Background work: the old generation's checks and DNS refreshers end, the new one's
         // start (on this, the control thread).
         for old in &self.pools {

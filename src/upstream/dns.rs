@@ -25,8 +25,8 @@ use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{ResolveError, TokioResolver};
 
 use crate::config::{is_private, DnsConfig, ServerConfig};
-use crate::pool::state::Reason;
-use crate::pool::Pool;
+use crate::upstream::pool::state::Reason;
+use crate::upstream::pool::Pool;
 
 /// A server name of a pool and what DNS last said about it.
 pub struct NameState {
@@ -102,7 +102,7 @@ impl NameState {
             "next_resolution_in_secs": r.next.map(|n| (n.saturating_duration_since(now).as_secs_f64() * 10.0).round() / 10.0),
             "last_result": r.last_result,
             "error": r.last_error,
-            "last_good": r.last_good.map(crate::access_log::rfc3339),
+            "last_good": r.last_good.map(crate::observe::access_log::rfc3339),
             "failing_for_secs": r.failing_since.map(|s| now.duration_since(s).as_secs()),
         })
     }

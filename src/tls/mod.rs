@@ -34,8 +34,8 @@ use rustls::{
 };
 use tokio::net::TcpStream;
 
+use crate::protocol::name_table::NameTable;
 use crate::relay::stream::{Pooled, Transport};
-use crate::route::Routes;
 
 /// A client connection with TLS terminated by the relay.
 pub type Terminated = tokio_rustls::server::TlsStream<TcpStream>;
@@ -389,10 +389,10 @@ pub fn expiry_warning(
 // Listeners: terminating TLS.
 
 /// A listener's certificates and the names each serves: the client's SNI picks one, exact names
-/// before wildcards (the matching of `route::Routes`); no SNI or no match gets the default.
+/// before wildcards (the matching of `protocol::name_table::NameTable`); no SNI or no match gets the default.
 #[derive(Debug, Default)]
 pub struct CertificateSet {
-    names: Routes,
+    names: NameTable,
     keys: Vec<Arc<CertifiedKey>>,
     default: usize,
 }

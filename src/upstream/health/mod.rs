@@ -15,7 +15,7 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::pool::{Pool, Server};
+use crate::upstream::pool::{Pool, Server};
 
 /// Starts checking `server` on the current runtime; the task ends when the pool stops or the
 /// server leaves it.

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::proxy_protocol::{self, Accept, Command, Header, Parsed};
-use crate::sni::{self, Peeked};
+use crate::protocol::proxy_protocol::{self, Accept, Command, Header, Parsed};
+use crate::protocol::sni::{self, Peeked};
 
 /// Who the client is: the socket's peer, or what the PROXY header said.
 #[derive(Debug, Clone)]

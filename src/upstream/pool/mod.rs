@@ -5,10 +5,10 @@
 //! of those counts for as long as a connection to that server lives.
 //!
 //! The server set changes while the pool runs: a server given by host name is one `Server` per
-//! address its name resolves to, and DNS answers add and remove them (`crate::dns`). The set is
+//! address its name resolves to, and DNS answers add and remove them (`crate::upstream::dns`). The set is
 //! an `ArcSwap` snapshot, so choosing a server takes no lock beyond round-robin's short one.
 //! Each server's state (up, down, draining, and why: `state`) is set in the background by health
-//! checks (`crate::health`), DNS and the admin endpoints, and by passive detection on failed
+//! checks (`crate::upstream::health`), DNS and the admin endpoints, and by passive detection on failed
 //! connects; the relay path reads one atomic per server.
 //!
 //! Which servers may take a connection: those that are up, not draining, not removed by DNS,
@@ -33,10 +33,10 @@ use tokio::sync::watch;
 use crate::config::{
     Balance, InitState, Keepalive, OnDown, PoolConfig, SendProxy, ServerAddress, ServerConfig,
 };
-use crate::connect::AttemptResult;
-use crate::dns::NameState;
-use crate::quiet::Quiet;
-use crate::telemetry::{PoolMetrics, ServerMetrics, SERVER_STATES};
+use crate::lifecycle::quiet::Quiet;
+use crate::observe::telemetry::{PoolMetrics, ServerMetrics, SERVER_STATES};
+use crate::upstream::connect::AttemptResult;
+use crate::upstream::dns::NameState;
 use state::{Change, Health, LastCheck, Reason, Status};
 
 /// Identifies a server for the life of the process (indexes do not survive a DNS change).
@@ -308,7 +308,10 @@ impl Pool {
             .as_ref()
             .and_then(|h| h.tls.as_ref().map(|tls| (h, tls)))
             .map(|(h, tls)| {
-                crate::health::tls::client_config(tls, h.check == crate::config::CheckKind::Http)
+                crate::upstream::health::tls::client_config(
+                    tls,
+                    h.check == crate::config::CheckKind::Http,
+                )
             });
         if let Some(Err(e)) = &tls {
             tracing::error!(pool = %config.name, "TLS health checks cannot run: {e}");
@@ -355,11 +358,11 @@ impl Pool {
     pub fn start(self: &Arc<Self>) {
         if self.config.health.is_some() {
             for server in self.servers().iter() {
-                crate::health::spawn(Arc::clone(self), Arc::clone(server));
+                crate::upstream::health::spawn(Arc::clone(self), Arc::clone(server));
             }
         }
         for index in 0..self.names.len() {
-            crate::dns::spawn(Arc::clone(self), index);
+            crate::upstream::dns::spawn(Arc::clone(self), index);
         }
         self.publish();
     }
@@ -392,7 +395,7 @@ impl Pool {
                         "result": c.result,
                         "detail": c.detail,
                         "latency_ms": (c.latency.as_secs_f64() * 1e6).round() / 1e3,
-                        "at": crate::access_log::rfc3339(c.at),
+                        "at": crate::observe::access_log::rfc3339(c.at),
                     })
                 });
                 let effective = if s.is_usable() {
@@ -406,7 +409,7 @@ impl Pool {
                     "host": s.host.as_deref(),
                     "state": status.shown_state(),
                     "reason": status.shown_reason(),
-                    "since": crate::access_log::rfc3339(status.shown_since()),
+                    "since": crate::observe::access_log::rfc3339(status.shown_since()),
                     "health": match status.health {
                         Health::Up => "up",
                         Health::Down => "down",
@@ -681,7 +684,7 @@ impl Pool {
         for server in &added {
             tracing::info!(pool = %self.name, server = %server.name, address = %server.addr, "address added");
             if self.config.health.is_some() {
-                crate::health::spawn(Arc::clone(self), Arc::clone(server));
+                crate::upstream::health::spawn(Arc::clone(self), Arc::clone(server));
             }
         }
         if let Some(gauge) = &self.server_metrics[&config.name].dns_addresses {

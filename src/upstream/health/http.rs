@@ -5,8 +5,8 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::HttpCheck;
-use crate::pool::state::Reason;
-use crate::pool::Server;
+use crate::upstream::pool::state::Reason;
+use crate::upstream::pool::Server;
 
 /// The response head and body read at most: enough for any status line and a health page.
 const MAX_RESPONSE: usize = 64 * 1024;

@@ -20,12 +20,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::ListenerConfig;
-use crate::daemon::Shared;
-use crate::limits::{ClientLimits, Limit};
-use crate::pool::Pool;
+use crate::inbound::limits::{ClientLimits, Limit};
+use crate::inbound::session::{self, End, Session};
+use crate::inbound::Shared;
+use crate::observe::telemetry::ListenerMetrics;
 use crate::relay;
-use crate::session::{self, End, Session};
-use crate::telemetry::ListenerMetrics;
+use crate::upstream::pool::Pool;
 
 /// A listener's settings for one config generation.
 pub struct ListenerSettings {
