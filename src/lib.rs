@@ -11,3 +11,6 @@ pub mod protocol;
 pub mod relay;
 pub mod tls;
 pub mod upstream;
+
+#[cfg(test)]
+mod layers;

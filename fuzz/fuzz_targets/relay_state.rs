@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use l4relay::config::RelayMode;
+
 use l4relay::relay::{self, Ended, Relay};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncWriteExt;
@@ -157,9 +157,9 @@ fuzz_target!(|data: &[u8]| {
     let ops = &ops[..ops.len().min(256)];
     let settings = relay::Settings {
         mode: match mode % 3 {
-            0 => RelayMode::Splice,
-            1 => RelayMode::Copy,
-            _ => RelayMode::Auto,
+            0 => relay::Mode::Splice,
+            1 => relay::Mode::Copy,
+            _ => relay::Mode::Auto,
         },
         pipe_size: 4096,
         buffer_size: 1024 << (mode / 3 % 4),

@@ -22,7 +22,20 @@ use toml::de::DeTable;
 use crate::protocol::name_table::{self, NameTable};
 use crate::tls;
 
-pub use crate::tls::MinVersion;
+use crate::inbound::listener::ListenerConfig;
+use crate::inbound::preamble::ProxyProtocol;
+use crate::inbound::route::RouteFallback;
+use crate::observe::access_log::LogFormat;
+use crate::protocol::proxy_protocol::SendProxy;
+use crate::relay;
+use crate::relay::sockopt::Keepalive;
+use crate::tls::{ClientAuthMode, ListenerTls, MinVersion, PoolTls};
+use crate::upstream::dns::{is_private, DnsConfig};
+use crate::upstream::health::{
+    CheckKind, HealthConfig, HttpCheck, InitState, StatusRange, TlsCheck,
+};
+use crate::upstream::pool::balance::Balance;
+use crate::upstream::pool::{OnDown, PoolConfig, ServerAddress, ServerConfig};
 
 pub use reader::{parse_duration, parse_size, ConfigError};
 use reader::{At, Diagnostics, Section};
@@ -50,27 +63,9 @@ pub struct Global {
     pub log_format: LogFormat,
     /// Leave connections that carried no payload either way out of the access log.
     pub log_skip_empty: bool,
-    pub relay: RelayMode,
+    pub relay: relay::Mode,
     pub pipe_size: usize,
     pub buffer_size: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-    Off,
-}
-
-/// How bytes are moved between the two sockets of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayMode {
-    /// Copy small exchanges, switch to splice once a connection carries volume.
-    Auto,
-    /// splice(2) from the first byte (Linux).
-    Splice,
-    /// A user-space buffer per direction.
-    Copy,
 }
 
 #[derive(Debug, Clone)]
@@ -90,301 +85,6 @@ pub struct Drain {
     pub announce: Duration,
     pub deadline: Duration,
     pub close_spread: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    Off,
-    V1,
-    V2,
-    Any,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keepalive {
-    /// None: no TCP keepalive probes.
-    pub idle: Option<Duration>,
-    pub interval: Duration,
-    pub count: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    pub name: String,
-    pub listen: SocketAddr,
-    /// Index into `Config::pools`.
-    pub pool: usize,
-    pub proxy_protocol: ProxyProtocol,
-    /// Peers allowed to send a PROXY header; empty means any peer.
-    pub proxy_protocol_from: Vec<IpNet>,
-    pub allow: Vec<IpNet>,
-    pub deny: Vec<IpNet>,
-    pub allow_vpce: Vec<String>,
-    /// None: only the process-wide limit applies.
-    pub max_connections: Option<usize>,
-    /// Concurrent connections per client address (the PROXY source when there is one).
-    pub max_connections_per_source: Option<usize>,
-    /// Concurrent connections per VPC endpoint ID.
-    pub max_connections_per_vpce: Option<usize>,
-    /// SNI routes to pools (indexes into `Config::pools`); empty: no ClientHello is read.
-    pub routes: NameTable,
-    /// What happens to a connection no route matches.
-    pub route_fallback: RouteFallback,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub backlog: u32,
-    pub keepalive: Keepalive,
-    pub relay: RelayMode,
-    /// `[listener.tls]`: TLS terminated here; None: bytes pass through as they come.
-    pub tls: Option<ListenerTls>,
-}
-
-/// `[listener.tls]`, with its files read: certificates parsed and matched to their keys, the
-/// client CA loaded. Reloading the config reads them again.
-#[derive(Debug, Clone)]
-pub struct ListenerTls {
-    /// What the listener accepts with: certificates by SNI, versions, ALPN, client auth.
-    pub server: Arc<rustls::ServerConfig>,
-    pub min_version: MinVersion,
-    pub alpn: Vec<String>,
-    /// None: no client certificate is asked for.
-    pub client_auth: Option<ClientAuthMode>,
-    /// Certificates, the default one included.
-    pub certificates: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuthMode {
-    /// A client without a trusted certificate is refused.
-    Required,
-    /// A client may present no certificate; one it presents must be trusted.
-    Optional,
-}
-
-/// `[pool.tls]`: TLS originated to the pool's servers, with its files read.
-#[derive(Debug, Clone)]
-pub struct PoolTls {
-    pub client: Arc<rustls::ClientConfig>,
-    /// Server name sent and verified; None: each server's host name (for an IP address, no SNI
-    /// and the certificate must list the address).
-    pub sni: Option<String>,
-    /// False: any certificate is accepted (warned about).
-    pub verify: bool,
-    pub min_version: MinVersion,
-    pub alpn: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteFallback {
-    /// The listener's `pool`.
-    Pool,
-    Refuse,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendProxy {
-    Off,
-    V1,
-    V2,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
-    RoundRobin,
-    LeastConnections,
-    RandomTwo,
-    SourceHash,
-    First,
-}
-
-impl Balance {
-    /// The name the config uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balance::RoundRobin => "round-robin",
-            Balance::LeastConnections => "least-connections",
-            Balance::RandomTwo => "random-two",
-            Balance::SourceHash => "source-hash",
-            Balance::First => "first",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    pub name: String,
-    pub balance: Balance,
-    pub connect_timeout: Duration,
-    pub retries: u32,
-    pub keepalive: Keepalive,
-    /// PROXY protocol header sent to servers, carrying the real client.
-    pub send_proxy: SendProxy,
-    /// Local address outgoing connections are bound to (the stable egress address).
-    pub source: Option<std::net::IpAddr>,
-    pub servers: Vec<ServerConfig>,
-    /// A server coming back ramps its weight from almost nothing to full over this long; zero:
-    /// off.
-    pub slow_start: Duration,
-    /// What happens to a server's open connections when it goes down.
-    pub on_down: OnDown,
-    pub dns: DnsConfig,
-    /// Active (and passive) health checking; None: every server counts as up.
-    pub health: Option<HealthConfig>,
-    /// `[pool.tls]`: TLS originated to the servers; None: plain TCP.
-    pub tls: Option<PoolTls>,
-}
-
-/// What becomes of the connections of a server that health checks mark down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnDown {
-    /// They run to their end.
-    Keep,
-    /// They are closed at once.
-    Close,
-}
-
-/// How the names of a pool's servers are resolved and re-resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// Record TTLs are clamped to [min_ttl, max_ttl] to schedule the next resolution.
-    pub min_ttl: Duration,
-    pub max_ttl: Duration,
-    /// On resolver failure, the last good addresses are kept for this long.
-    pub hold: Duration,
-    /// Connections to an address DNS no longer returns are closed after this long; None: they
-    /// end on their own.
-    pub removed_grace: Option<Duration>,
-    /// Per query (two attempts per nameserver).
-    pub timeout: Duration,
-    /// Empty: /etc/resolv.conf.
-    pub nameservers: Vec<SocketAddr>,
-    /// Refuse addresses that are not private (RFC 1918, RFC 4193, 100.64/10, loopback).
-    pub require_private: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckKind {
-    /// A TCP connect.
-    Tcp,
-    /// A TLS handshake.
-    Tls,
-    /// An HTTP request, over TCP or TLS.
-    Http,
-}
-
-impl CheckKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckKind::Tcp => "tcp",
-            CheckKind::Tls => "tls",
-            CheckKind::Http => "http",
-        }
-    }
-}
-
-/// A server's state before its first check has answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitState {
-    /// No traffic until the first good check.
-    Down,
-    /// Traffic at once; `fall` failed checks take it down.
-    Up,
-}
-
-/// `[pool.health]`.
-#[derive(Debug, Clone)]
-pub struct HealthConfig {
-    pub check: CheckKind,
-    pub interval: Duration,
-    /// The interval while a server is changing state (a failure while up, a success while
-    /// down), so a change is confirmed sooner.
-    pub fast_interval: Duration,
-    /// For the whole check: connect, handshake, request and response.
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-    /// Up to this much is added to each interval at random, so checks of many servers spread.
-    pub jitter: Duration,
-    pub init_state: InitState,
-    /// Consecutive failed connects in live traffic that mark a server down; 0: off.
-    pub passive_fall: u32,
-    /// Set for `check = "tls"` and for HTTP checks over TLS.
-    pub tls: Option<TlsCheck>,
-    /// Set for `check = "http"`.
-    pub http: Option<HttpCheck>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsCheck {
-    /// Server name sent and verified; None: the server's host name (none for an IP address).
-    pub sni: Option<String>,
-    /// Verify the certificate chain and name (false: any certificate is accepted).
-    pub verify: bool,
-    /// PEM CA certificates to verify against instead of the system roots.
-    pub ca_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone)]
-pub struct HttpCheck {
-    pub method: String,
-    pub path: String,
-    /// The Host header; None: the server's host name (its address for an IP server).
-    pub host: Option<String>,
-    /// Statuses that mean up.
-    pub statuses: Vec<StatusRange>,
-    /// A substring the response must contain (head or first 64 KiB of body).
-    pub body: Option<String>,
-    /// Statuses that mean "refused by an upstream firewall" (down, with that reason).
-    pub firewall_statuses: Vec<StatusRange>,
-}
-
-/// HTTP statuses `low..=high`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusRange {
-    pub low: u16,
-    pub high: u16,
-}
-
-impl StatusRange {
-    pub fn contains(self, status: u16) -> bool {
-        (self.low..=self.high).contains(&status)
-    }
-}
-
-impl std::fmt::Display for StatusRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.low == self.high {
-            write!(f, "{}", self.low)
-        } else {
-            write!(f, "{}-{}", self.low, self.high)
-        }
-    }
-}
-
-/// Where a server is: a literal socket address, or a name resolved by the runtime.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServerAddress {
-    Ip(SocketAddr),
-    Name { host: String, port: u16 },
-}
-
-impl std::fmt::Display for ServerAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ServerAddress::Ip(addr) => write!(f, "{addr}"),
-            ServerAddress::Name { host, port } => write!(f, "{host}:{port}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub name: String,
-    pub address: ServerAddress,
-    pub weight: u32,
-    pub backup: bool,
-    /// None: unlimited.
-    pub max_connections: Option<u32>,
 }
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
@@ -542,10 +242,10 @@ fn empty_table() -> toml::Spanned<DeTable<'static>> {
     toml::Spanned::new(0..0, DeTable::new())
 }
 
-const RELAY_MODES: &[(&str, RelayMode)] = &[
-    ("auto", RelayMode::Auto),
-    ("splice", RelayMode::Splice),
-    ("copy", RelayMode::Copy),
+const RELAY_MODES: &[(&str, relay::Mode)] = &[
+    ("auto", relay::Mode::Auto),
+    ("splice", relay::Mode::Splice),
+    ("copy", relay::Mode::Copy),
 ];
 
 fn read_global(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Global {
@@ -575,7 +275,7 @@ fn read_global(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Global {
         LogFormat::Text,
     );
     let log_skip_empty = s.bool(diag, "log_skip_empty", false);
-    let relay = s.choice(diag, "relay", RELAY_MODES, RelayMode::Auto);
+    let relay = s.choice(diag, "relay", RELAY_MODES, relay::Mode::Auto);
     let pipe_size = bounded_size(s, diag, "pipe_size", 256 << 10, 4 << 10, 16 << 20);
     let buffer_size = bounded_size(s, diag, "buffer_size", 64 << 10, 1 << 10, 16 << 20);
     Global {
@@ -1540,18 +1240,6 @@ fn parse_host_name(text: &str) -> Result<(), String> {
     match parse_server_address(&format!("{text}:1")) {
         Ok(ServerAddress::Name { .. }) => Ok(()),
         _ => Err(format!("\"{text}\" is not a host name")),
-    }
-}
-
-/// True for addresses that never leave a private network: RFC 1918, RFC 6598 (100.64/10),
-/// RFC 4193 (fc00::/7), and loopback (local setups and tests).
-pub fn is_private(ip: std::net::IpAddr) -> bool {
-    match ip.to_canonical() {
-        std::net::IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_private() || v4.is_loopback() || (a == 100 && (b & 0xc0) == 64)
-        }
-        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_loopback(),
     }
 }
 

@@ -10,6 +10,13 @@
 //! with a growing backoff: the backlog holds the waiting connections, the loop never exits and
 //! never spins, and accepting resumes by itself once descriptors are free again.
 
+use ipnet::IpNet;
+
+use crate::inbound::preamble::ProxyProtocol;
+use crate::inbound::route::RouteFallback;
+use crate::protocol::name_table::NameTable;
+use crate::relay::sockopt::Keepalive;
+use crate::tls::ListenerTls;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,13 +26,43 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::config::ListenerConfig;
 use crate::inbound::limits::{ClientLimits, Limit};
+use crate::inbound::metrics::ListenerMetrics;
 use crate::inbound::session::{self, End, Session};
 use crate::inbound::Shared;
-use crate::observe::telemetry::ListenerMetrics;
 use crate::relay;
 use crate::upstream::pool::Pool;
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Index into `Config::pools`.
+    pub pool: usize,
+    pub proxy_protocol: ProxyProtocol,
+    /// Peers allowed to send a PROXY header; empty means any peer.
+    pub proxy_protocol_from: Vec<IpNet>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub allow_vpce: Vec<String>,
+    /// None: only the process-wide limit applies.
+    pub max_connections: Option<usize>,
+    /// Concurrent connections per client address (the PROXY source when there is one).
+    pub max_connections_per_source: Option<usize>,
+    /// Concurrent connections per VPC endpoint ID.
+    pub max_connections_per_vpce: Option<usize>,
+    /// SNI routes to pools (indexes into `Config::pools`); empty: no ClientHello is read.
+    pub routes: NameTable,
+    /// What happens to a connection no route matches.
+    pub route_fallback: RouteFallback,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub backlog: u32,
+    pub keepalive: Keepalive,
+    pub relay: relay::Mode,
+    /// `[listener.tls]`: TLS terminated here; None: bytes pass through as they come.
+    pub tls: Option<ListenerTls>,
+}
 
 /// A listener's settings for one config generation.
 pub struct ListenerSettings {

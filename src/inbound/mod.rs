@@ -4,7 +4,9 @@
 
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod preamble;
+pub mod route;
 pub mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};

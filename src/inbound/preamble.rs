@@ -15,6 +15,14 @@ use tokio::net::TcpStream;
 use crate::protocol::proxy_protocol::{self, Accept, Command, Header, Parsed};
 use crate::protocol::sni::{self, Peeked};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
+    Any,
+}
+
 /// Who the client is: the socket's peer, or what the PROXY header said.
 #[derive(Debug, Clone)]
 pub struct ClientIdentity {

@@ -1,4 +1,6 @@
-//! Prometheus metrics: names, buckets, and the handles each part of the relay counts with.
+//! Prometheus metrics: the names, buckets and descriptions of every series, the recorder, and
+//! the process figures read at scrape time. The handles each subsystem counts with live beside
+//! it (`inbound::metrics`, `upstream::metrics`).
 //!
 //! Nothing on the relay path looks a metric up by its labels. Every listener, pool and server
 //! registers its counters once, when its config generation is built, and keeps the handles
@@ -10,12 +12,8 @@
 //! and result are fixed words; a VPC endpoint is labelled by its ID only when an allowlist names
 //! it, every other one as "other".
 
-use std::collections::HashMap;
-
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics::{counter, gauge, Counter};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::upstream::connect::AttemptResult;
 
 pub const CONNECTIONS: &str = "l4relay_connections_total";
 pub const CONNECTIONS_ACTIVE: &str = "l4relay_connections_active";
@@ -218,148 +216,6 @@ fn describe() {
         DNS_ADDRESSES,
         "Addresses a server's name resolves to now (after require_private)."
     );
-}
-
-/// What connections on one listener are counted under.
-pub struct ListenerMetrics {
-    outcomes: [(&'static str, Counter); OUTCOMES.len()],
-    pub active: Gauge,
-    pub bytes_client_to_server: Counter,
-    pub bytes_server_to_client: Counter,
-    pub duration: Histogram,
-    pub session_bytes: Histogram,
-    pub splice_fallbacks: Counter,
-    vpce: HashMap<Box<str>, Counter>,
-    vpce_other: Counter,
-}
-
-/// The outcomes of `l4relay_connections_total`, all registered up front so each shows as 0.
-const OUTCOMES: [&str; 8] = [
-    "relayed",
-    "refused_rule",
-    "refused_limit",
-    "proxy_header_error",
-    "handshake_timeout",
-    "tls_handshake_error",
-    "no_server",
-    "connect_failed",
-];
-
-impl ListenerMetrics {
-    pub fn new(listener: &str, allow_vpce: &[String]) -> ListenerMetrics {
-        let l = listener.to_string();
-        let outcomes = OUTCOMES.map(|outcome| {
-            (
-                outcome,
-                counter!(CONNECTIONS, "listener" => l.clone(), "outcome" => outcome),
-            )
-        });
-        let vpce = allow_vpce
-            .iter()
-            .map(|id| {
-                let c = counter!(VPCE_CONNECTIONS, "listener" => l.clone(), "vpce" => id.clone());
-                (Box::from(id.as_str()), c)
-            })
-            .collect();
-        ListenerMetrics {
-            outcomes,
-            active: gauge!(CONNECTIONS_ACTIVE, "listener" => l.clone()),
-            bytes_client_to_server: counter!(BYTES, "listener" => l.clone(), "direction" => "client_to_server"),
-            bytes_server_to_client: counter!(BYTES, "listener" => l.clone(), "direction" => "server_to_client"),
-            duration: histogram!(SESSION_DURATION, "listener" => l.clone()),
-            session_bytes: histogram!(SESSION_BYTES, "listener" => l.clone()),
-            splice_fallbacks: counter!(SPLICE_FALLBACKS, "listener" => l.clone()),
-            vpce_other: counter!(VPCE_CONNECTIONS, "listener" => l, "vpce" => "other"),
-            vpce,
-        }
-    }
-
-    pub fn count_outcome(&self, outcome: &str) {
-        if let Some((_, counter)) = self.outcomes.iter().find(|(name, _)| *name == outcome) {
-            counter.increment(1);
-        }
-    }
-
-    pub fn count_vpce(&self, vpce: &str) {
-        self.vpce.get(vpce).unwrap_or(&self.vpce_other).increment(1);
-    }
-}
-
-/// What connect attempts to one server are counted under; shared by every address of a server
-/// given by name (the labels are the config's names).
-pub struct ServerMetrics {
-    results: [Counter; 4],
-    pub up: Gauge,
-    pub active: Gauge,
-    checks: [Counter; CHECK_RESULTS.len()],
-    /// Indexed like `SERVER_STATES`.
-    pub states: [Gauge; SERVER_STATES.len()],
-    /// Only for a server given by name.
-    pub dns_addresses: Option<Gauge>,
-}
-
-impl ServerMetrics {
-    pub fn new(pool: &str, server: &str, by_name: bool) -> ServerMetrics {
-        let (p, s) = (pool.to_string(), server.to_string());
-        let result = |r: AttemptResult| counter!(UPSTREAM_CONNECTIONS, "pool" => p.clone(), "server" => s.clone(), "result" => r.as_str());
-        ServerMetrics {
-            results: [
-                result(AttemptResult::Ok),
-                result(AttemptResult::Refused),
-                result(AttemptResult::Timeout),
-                result(AttemptResult::Error),
-            ],
-            up: gauge!(SERVER_UP, "pool" => p.clone(), "server" => s.clone()),
-            active: gauge!(SERVER_ACTIVE, "pool" => p.clone(), "server" => s.clone()),
-            checks: CHECK_RESULTS.map(|r| counter!(HEALTH_CHECKS, "pool" => p.clone(), "server" => s.clone(), "result" => r)),
-            states: SERVER_STATES.map(|state| gauge!(SERVER_STATE, "pool" => p.clone(), "server" => s.clone(), "state" => state)),
-            dns_addresses: by_name.then(|| gauge!(DNS_ADDRESSES, "pool" => p, "server" => s)),
-        }
-    }
-
-    /// Counts a health check; `result` is one of `CHECK_RESULTS`.
-    pub fn count_check(&self, result: &str) {
-        if let Some(i) = CHECK_RESULTS.iter().position(|r| *r == result) {
-            self.checks[i].increment(1);
-        }
-    }
-
-    pub fn count_attempt(&self, result: AttemptResult) {
-        let index = match result {
-            AttemptResult::Ok => 0,
-            AttemptResult::Refused => 1,
-            AttemptResult::Timeout => 2,
-            AttemptResult::Error => 3,
-        };
-        self.results[index].increment(1);
-    }
-}
-
-/// What a pool's connects, health checks and resolutions are counted under.
-pub struct PoolMetrics {
-    pub connect_time: Histogram,
-    pub retries: Counter,
-    pub check_time: Histogram,
-    dns: [Counter; DNS_RESULTS.len()],
-}
-
-impl PoolMetrics {
-    pub fn new(pool: &str) -> PoolMetrics {
-        PoolMetrics {
-            connect_time: histogram!(UPSTREAM_CONNECT_SECONDS, "pool" => pool.to_string()),
-            retries: counter!(UPSTREAM_RETRIES, "pool" => pool.to_string()),
-            check_time: histogram!(HEALTH_CHECK_SECONDS, "pool" => pool.to_string()),
-            dns: DNS_RESULTS
-                .map(|r| counter!(DNS_RESOLUTIONS, "pool" => pool.to_string(), "result" => r)),
-        }
-    }
-
-    /// Counts a resolution; `result` is one of `DNS_RESULTS`.
-    pub fn count_dns(&self, result: &str) {
-        if let Some(i) = DNS_RESULTS.iter().position(|r| *r == result) {
-            self.dns[i].increment(1);
-        }
-    }
 }
 
 /// Process figures from /proc, refreshed before each scrape.

@@ -14,6 +14,13 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::str::FromStr;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendProxy {
+    Off,
+    V1,
+    V2,
+}
+
 /// Longest v1 line the spec allows, CRLF included ("PROXY UNKNOWN" with two full IPv6 addresses).
 pub const MAX_V1_LEN: usize = 107;
 /// Longest v2 header accepted: the 16-byte fixed part plus a 4 KiB address and TLV block. The

@@ -30,8 +30,7 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{buffer, pipe, Settings};
-use crate::config::RelayMode;
+use super::{buffer, pipe, Mode, Settings};
 
 /// Which end of a direction failed.
 #[derive(Debug)]
@@ -80,8 +79,8 @@ pub struct Direction {
 impl Direction {
     pub fn new(settings: &Settings) -> Self {
         let path = match settings.mode {
-            RelayMode::Splice => Path::Splice,
-            RelayMode::Auto | RelayMode::Copy => Path::Copy,
+            Mode::Splice => Path::Splice,
+            Mode::Auto | Mode::Copy => Path::Copy,
         };
         Direction {
             path,
@@ -200,7 +199,7 @@ impl Direction {
         };
         *end = n;
         if n == buf.len() {
-            if settings.mode == RelayMode::Auto {
+            if settings.mode == Mode::Auto {
                 self.splice_next = true;
             }
             return Poll::Ready(Ok(n));

@@ -27,13 +27,23 @@ use std::task::{Context, Poll};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
-use crate::config::RelayMode;
 use direction::{Direction, Failure};
+
+/// How bytes are moved between the two sockets of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Copy small exchanges, switch to splice once a connection carries volume.
+    Auto,
+    /// splice(2) from the first byte (Linux).
+    Splice,
+    /// A user-space buffer per direction.
+    Copy,
+}
 
 /// How a relay moves bytes; taken from the listener's config when the connection starts.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    pub mode: RelayMode,
+    pub mode: Mode,
     pub pipe_size: usize,
     pub buffer_size: usize,
 }

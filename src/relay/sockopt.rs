@@ -9,7 +9,13 @@ use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
-use crate::config::Keepalive;
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keepalive {
+    /// None: no TCP keepalive probes.
+    pub idle: Option<Duration>,
+    pub interval: Duration,
+    pub count: u32,
+}
 
 /// Applies TCP_NODELAY and the keepalive settings to `socket`.
 ///

@@ -37,6 +37,41 @@ use tokio::net::TcpStream;
 use crate::protocol::name_table::NameTable;
 use crate::relay::stream::{Pooled, Transport};
 
+/// `[listener.tls]`, with its files read: certificates parsed and matched to their keys, the
+/// client CA loaded. Reloading the config reads them again.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// What the listener accepts with: certificates by SNI, versions, ALPN, client auth.
+    pub server: Arc<rustls::ServerConfig>,
+    pub min_version: MinVersion,
+    pub alpn: Vec<String>,
+    /// None: no client certificate is asked for.
+    pub client_auth: Option<ClientAuthMode>,
+    /// Certificates, the default one included.
+    pub certificates: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// A client without a trusted certificate is refused.
+    Required,
+    /// A client may present no certificate; one it presents must be trusted.
+    Optional,
+}
+
+/// `[pool.tls]`: TLS originated to the pool's servers, with its files read.
+#[derive(Debug, Clone)]
+pub struct PoolTls {
+    pub client: Arc<rustls::ClientConfig>,
+    /// Server name sent and verified; None: each server's host name (for an IP address, no SNI
+    /// and the certificate must list the address).
+    pub sni: Option<String>,
+    /// False: any certificate is accepted (warned about).
+    pub verify: bool,
+    pub min_version: MinVersion,
+    pub alpn: Vec<String>,
+}
+
 /// A client connection with TLS terminated by the relay.
 pub type Terminated = tokio_rustls::server::TlsStream<TcpStream>;
 /// A server connection with TLS originated by the relay.

@@ -11,7 +11,7 @@
 //! `dns_min_ttl`; after that the addresses go. Adding and removing servers is the pool's
 //! (`Pool::set_addresses`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,9 +24,40 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{ResolveError, TokioResolver};
 
-use crate::config::{is_private, DnsConfig, ServerConfig};
 use crate::upstream::pool::state::Reason;
 use crate::upstream::pool::Pool;
+use crate::upstream::pool::ServerConfig;
+
+/// How the names of a pool's servers are resolved and re-resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Record TTLs are clamped to [min_ttl, max_ttl] to schedule the next resolution.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// On resolver failure, the last good addresses are kept for this long.
+    pub hold: Duration,
+    /// Connections to an address DNS no longer returns are closed after this long; None: they
+    /// end on their own.
+    pub removed_grace: Option<Duration>,
+    /// Per query (two attempts per nameserver).
+    pub timeout: Duration,
+    /// Empty: /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Refuse addresses that are not private (RFC 1918, RFC 4193, 100.64/10, loopback).
+    pub require_private: bool,
+}
+
+/// True for addresses that never leave a private network: RFC 1918, RFC 6598 (100.64/10),
+/// RFC 4193 (fc00::/7), and loopback (local setups and tests).
+pub fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_loopback() || (a == 100 && (b & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_loopback(),
+    }
+}
 
 /// A server name of a pool and what DNS last said about it.
 pub struct NameState {

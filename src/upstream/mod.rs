@@ -5,4 +5,5 @@
 pub mod connect;
 pub mod dns;
 pub mod health;
+pub mod metrics;
 pub mod pool;

@@ -14,8 +14,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::http;
-use crate::config::{CheckKind, HealthConfig, SendProxy, TlsCheck};
 use crate::protocol::proxy_protocol;
+use crate::protocol::proxy_protocol::SendProxy;
+use crate::upstream::health::CheckKind;
+use crate::upstream::health::HealthConfig;
+use crate::upstream::health::TlsCheck;
 use crate::upstream::pool::state::Reason;
 use crate::upstream::pool::{Pool, Server};
 

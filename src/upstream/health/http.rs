@@ -4,7 +4,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::config::HttpCheck;
+use crate::upstream::health::HttpCheck;
 use crate::upstream::pool::state::Reason;
 use crate::upstream::pool::Server;
 
@@ -159,7 +159,7 @@ fn status_code(head: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StatusRange;
+    use crate::upstream::health::StatusRange;
 
     fn check(statuses: &[(u16, u16)], firewall: &[(u16, u16)], body: Option<&str>) -> HttpCheck {
         let range = |&(low, high): &(u16, u16)| StatusRange { low, high };

@@ -12,10 +12,110 @@ mod check;
 mod http;
 pub mod tls;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::upstream::pool::{Pool, Server};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// A TLS handshake.
+    Tls,
+    /// An HTTP request, over TCP or TLS.
+    Http,
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Tls => "tls",
+            CheckKind::Http => "http",
+        }
+    }
+}
+
+/// A server's state before its first check has answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitState {
+    /// No traffic until the first good check.
+    Down,
+    /// Traffic at once; `fall` failed checks take it down.
+    Up,
+}
+
+/// `[pool.health]`.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub check: CheckKind,
+    pub interval: Duration,
+    /// The interval while a server is changing state (a failure while up, a success while
+    /// down), so a change is confirmed sooner.
+    pub fast_interval: Duration,
+    /// For the whole check: connect, handshake, request and response.
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Up to this much is added to each interval at random, so checks of many servers spread.
+    pub jitter: Duration,
+    pub init_state: InitState,
+    /// Consecutive failed connects in live traffic that mark a server down; 0: off.
+    pub passive_fall: u32,
+    /// Set for `check = "tls"` and for HTTP checks over TLS.
+    pub tls: Option<TlsCheck>,
+    /// Set for `check = "http"`.
+    pub http: Option<HttpCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsCheck {
+    /// Server name sent and verified; None: the server's host name (none for an IP address).
+    pub sni: Option<String>,
+    /// Verify the certificate chain and name (false: any certificate is accepted).
+    pub verify: bool,
+    /// PEM CA certificates to verify against instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    pub method: String,
+    pub path: String,
+    /// The Host header; None: the server's host name (its address for an IP server).
+    pub host: Option<String>,
+    /// Statuses that mean up.
+    pub statuses: Vec<StatusRange>,
+    /// A substring the response must contain (head or first 64 KiB of body).
+    pub body: Option<String>,
+    /// Statuses that mean "refused by an upstream firewall" (down, with that reason).
+    pub firewall_statuses: Vec<StatusRange>,
+}
+
+/// HTTP statuses `low..=high`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusRange {
+    pub fn contains(self, status: u16) -> bool {
+        (self.low..=self.high).contains(&status)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}-{}", self.low, self.high)
+        }
+    }
+}
 
 /// Starts checking `server` on the current runtime; the task ends when the pool stops or the
 /// server leaves it.

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use rustls::ClientConfig;
 
-use crate::config::TlsCheck;
 use crate::tls::{self, AcceptAnyCertificate};
+use crate::upstream::health::TlsCheck;
 
 pub use crate::tls::load_ca_file;
 

@@ -18,7 +18,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{Clock, Pool, Server};
-use crate::config::Balance;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+    RandomTwo,
+    SourceHash,
+    First,
+}
+
+impl Balance {
+    /// The name the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConnections => "least-connections",
+            Balance::RandomTwo => "random-two",
+            Balance::SourceHash => "source-hash",
+            Balance::First => "first",
+        }
+    }
+}
 
 /// Rotates ties between equally loaded servers in least-connections.
 static TIE_BREAK: AtomicUsize = AtomicUsize::new(0);

@@ -18,7 +18,9 @@
 //! Background work (a checker task per server, a refresher per DNS name) runs on the control
 //! thread from `Pool::start` to `Pool::stop`.
 
-mod balance;
+pub mod balance;
+mod settings;
+pub use settings::{OnDown, PoolConfig, ServerAddress, ServerConfig};
 pub mod state;
 
 use std::collections::HashMap;
@@ -30,13 +32,15 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::config::{
-    Balance, InitState, Keepalive, OnDown, PoolConfig, SendProxy, ServerAddress, ServerConfig,
-};
 use crate::lifecycle::quiet::Quiet;
-use crate::observe::telemetry::{PoolMetrics, ServerMetrics, SERVER_STATES};
+use crate::observe::telemetry::SERVER_STATES;
+use crate::protocol::proxy_protocol::SendProxy;
+use crate::relay::sockopt::Keepalive;
 use crate::upstream::connect::AttemptResult;
 use crate::upstream::dns::NameState;
+use crate::upstream::health::InitState;
+use crate::upstream::metrics::{PoolMetrics, ServerMetrics};
+use crate::upstream::pool::balance::Balance;
 use state::{Change, Health, LastCheck, Reason, Status};
 
 /// Identifies a server for the life of the process (indexes do not survive a DNS change).
@@ -310,7 +314,7 @@ impl Pool {
             .map(|(h, tls)| {
                 crate::upstream::health::tls::client_config(
                     tls,
-                    h.check == crate::config::CheckKind::Http,
+                    h.check == crate::upstream::health::CheckKind::Http,
                 )
             });
         if let Some(Err(e)) = &tls {

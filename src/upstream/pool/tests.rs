@@ -1,7 +1,12 @@
 use super::*;
-use crate::config::{
-    Balance, CheckKind, DnsConfig, HealthConfig, Keepalive, PoolConfig, ServerAddress, ServerConfig,
-};
+use crate::relay::sockopt::Keepalive;
+use crate::upstream::dns::DnsConfig;
+use crate::upstream::health::CheckKind;
+use crate::upstream::health::HealthConfig;
+use crate::upstream::pool::balance::Balance;
+use crate::upstream::pool::PoolConfig;
+use crate::upstream::pool::ServerAddress;
+use crate::upstream::pool::ServerConfig;
 
 fn pool(balance: Balance, servers: &[(u32, bool, Option<u32>)]) -> Pool {
     Pool::build(&pool_config(balance, servers), None)
@@ -18,7 +23,7 @@ fn pool_config(balance: Balance, servers: &[(u32, bool, Option<u32>)]) -> PoolCo
             interval: Duration::from_secs(1),
             count: 1,
         },
-        send_proxy: crate::config::SendProxy::Off,
+        send_proxy: crate::protocol::proxy_protocol::SendProxy::Off,
         source: None,
         servers: servers
             .iter()
