@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
+
+use super::values::parse_duration;
 use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
@@ -398,65 +400,6 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 }
 
-/// Parses "250ms", "5s", "1m30s", "2h"; units us, ms, s, m, h, d; no bare numbers (ambiguous).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("\"{text}\" is not a duration: write a number with a unit, e.g. \"250ms\", \"5s\", \"10m\"")
-    };
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "us" | "µs" => Duration::from_micros(number),
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.saturating_mul(60)),
-            "h" => Duration::from_secs(number.saturating_mul(3600)),
-            "d" => Duration::from_secs(number.saturating_mul(86400)),
-            _ => return Err(bad()),
-        };
-        total = total.checked_add(part).ok_or_else(bad)?;
-    }
-    Ok(total)
-}
-
-/// Parses "4096", "64KiB", "1MiB", "1GiB" (also "64K", "1M": binary multiples).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || {
-        format!("\"{text}\" is not a size: write bytes or a number with a unit, e.g. \"64KiB\", \"1MiB\"")
-    };
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    if digits == 0 {
-        return Err(bad());
-    }
-    let number: u64 = t[..digits].parse().map_err(|_| bad())?;
-    let multiplier: u64 = match t[digits..].trim() {
-        "" | "B" => 1,
-        "K" | "KiB" | "k" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    number.checked_mul(multiplier).ok_or_else(bad)
-}
-
 /// Turns toml's own syntax error into a located `ConfigError`.
 pub fn syntax_error(diag: &mut Diagnostics<'_>, error: &toml::de::Error) {
     let span = error.span().unwrap_or(0..0);
@@ -471,38 +414,6 @@ pub fn syntax_error(diag: &mut Diagnostics<'_>, error: &toml::de::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
-        for bad in [
-            "",
-            "5",
-            "s",
-            "5 sec",
-            "-1s",
-            "1.5s",
-            "5x",
-            "99999999999999999999s",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        for bad in ["", "KiB", "1.5MiB", "1TB", "-1"] {
-            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn positive_durations() {

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use crate::inbound::preamble::ProxyProtocol;
 use crate::inbound::route::RouteFallback;
 use crate::protocol::name_table::NameTable;
+use crate::protocol::vpce::VpceId;
 use crate::relay::sockopt::Keepalive;
 use crate::tls::ListenerTls;
 use std::io;
@@ -44,7 +45,7 @@ pub struct ListenerConfig {
     pub proxy_protocol_from: Vec<IpNet>,
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
-    pub allow_vpce: Vec<String>,
+    pub allow_vpce: Vec<VpceId>,
     /// None: only the process-wide limit applies.
     pub max_connections: Option<usize>,
     /// Concurrent connections per client address (the PROXY source when there is one).

@@ -9,6 +9,7 @@ use crate::observe::telemetry::{
     BYTES, CONNECTIONS, CONNECTIONS_ACTIVE, SESSION_BYTES, SESSION_DURATION, SPLICE_FALLBACKS,
     VPCE_CONNECTIONS,
 };
+use crate::protocol::vpce::VpceId;
 
 /// What connections on one listener are counted under.
 pub struct ListenerMetrics {
@@ -36,7 +37,7 @@ const OUTCOMES: [&str; 8] = [
 ];
 
 impl ListenerMetrics {
-    pub fn new(listener: &str, allow_vpce: &[String]) -> ListenerMetrics {
+    pub fn new(listener: &str, allow_vpce: &[VpceId]) -> ListenerMetrics {
         let l = listener.to_string();
         let outcomes = OUTCOMES.map(|outcome| {
             (
@@ -47,7 +48,8 @@ impl ListenerMetrics {
         let vpce = allow_vpce
             .iter()
             .map(|id| {
-                let c = counter!(VPCE_CONNECTIONS, "listener" => l.clone(), "vpce" => id.clone());
+                let c =
+                    counter!(VPCE_CONNECTIONS, "listener" => l.clone(), "vpce" => id.to_string());
                 (Box::from(id.as_str()), c)
             })
             .collect();

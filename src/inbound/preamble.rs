@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::protocol::proxy_protocol::{self, Accept, Command, Header, Parsed};
 use crate::protocol::sni::{self, Peeked};
+use crate::protocol::vpce::VpceId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyProtocol {
@@ -30,7 +31,7 @@ pub struct ClientIdentity {
     /// The address the client connected to (the PROXY header's destination when there is one).
     pub local: SocketAddr,
     /// AWS VPC endpoint ID from the PROXY v2 TLV.
-    pub vpce: Option<Box<str>>,
+    pub vpce: Option<VpceId>,
     /// Azure Private Link LINKID from the PROXY v2 TLV.
     pub azure_link_id: Option<u32>,
 }
@@ -110,7 +111,7 @@ fn identity(header: Header, peer: SocketAddr, local: SocketAddr) -> ClientIdenti
     ClientIdentity {
         addr,
         local,
-        vpce: header.vpce_id.map(String::into_boxed_str),
+        vpce: header.vpce_id,
         azure_link_id: header.azure_link_id,
     }
 }

@@ -652,7 +652,7 @@ fn proxy_header_for(pool: &Pool, identity: &ClientIdentity) -> Vec<u8> {
         SendProxy::V2 => proxy_protocol::encode_v2(
             identity.addr,
             identity.local,
-            identity.vpce.as_deref(),
+            identity.vpce.as_ref(),
             &mut header,
         ),
     }
@@ -884,7 +884,12 @@ impl ListenerSettings {
             return Err("allow");
         }
         if !config.allow_vpce.is_empty()
-            && !vpce.is_some_and(|id| config.allow_vpce.iter().any(|allowed| allowed == id))
+            && !vpce.is_some_and(|id| {
+                config
+                    .allow_vpce
+                    .iter()
+                    .any(|allowed| allowed.as_str() == id)
+            })
         {
             return Err("allow_vpce");
         }

@@ -12,6 +12,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::protocol::vpce::VpceId;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -29,7 +31,7 @@ pub struct Record {
     pub listener: Arc<str>,
     pub client: SocketAddr,
     /// The client as the PROXY header named it, when there was one.
-    pub vpce: Option<Box<str>>,
+    pub vpce: Option<VpceId>,
     pub sni: Option<Box<str>>,
     pub pool: Option<Arc<str>>,
     pub server: Option<Arc<str>>,
@@ -203,7 +205,7 @@ mod tests {
             start: UNIX_EPOCH,
             listener: "openai".into(),
             client: "10.0.0.5:4312".parse().unwrap(),
-            vpce: Some("vpce-0123".into()),
+            vpce: Some(VpceId::parse("vpce-0123").unwrap()),
             sni: None,
             pool: Some("aoai".into()),
             server: Some("aoai-1".into()),

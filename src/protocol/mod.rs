@@ -8,3 +8,4 @@
 pub mod name_table;
 pub mod proxy_protocol;
 pub mod sni;
+pub mod vpce;

@@ -14,6 +14,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::str::FromStr;
 
+use super::vpce::VpceId;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendProxy {
     Off,
@@ -50,9 +52,6 @@ const TLV_TYPE_AWS: u8 = 0xEA;
 const AWS_SUBTYPE_VPCE_ID: u8 = 0x01;
 const TLV_TYPE_AZURE: u8 = 0xEE;
 const AZURE_SUBTYPE_LINK_ID: u8 = 0x01;
-/// Real IDs are "vpce-" and 17 hex digits; the bound leaves room without letting a peer hand us
-/// an arbitrarily long string that ends up in logs and metric labels.
-const MAX_VPCE_ID_LEN: usize = 64;
 
 /// Which header versions a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +87,7 @@ pub struct Header {
     /// but a TCP relay has no use for a datagram flow's addresses.
     pub addresses: Option<(SocketAddr, SocketAddr)>,
     /// AWS TLV 0xEA subtype 0x01: ASCII VPC endpoint ID, validated (printable ASCII, <= 64 bytes)
-    pub vpce_id: Option<String>,
+    pub vpce_id: Option<VpceId>,
     /// Azure Private Link TLV 0xEE subtype 0x01: LINKID, u32 little-endian
     pub azure_link_id: Option<u32>,
 }
@@ -680,7 +679,7 @@ fn read_tlv(kind: u8, value: &[u8], header: &mut Header) -> Result<(), Error> {
             if header.vpce_id.is_some() {
                 return Err(Error::DuplicateTlv(kind));
             }
-            header.vpce_id = Some(validate_vpce_id(vpce_id).ok_or(Error::BadVpceId)?);
+            header.vpce_id = Some(VpceId::from_bytes(vpce_id).ok_or(Error::BadVpceId)?);
         }
         (TLV_TYPE_AZURE, Some((&AZURE_SUBTYPE_LINK_ID, link_id))) => {
             if header.azure_link_id.is_some() {
@@ -693,17 +692,6 @@ fn read_tlv(kind: u8, value: &[u8], header: &mut Header) -> Result<(), Error> {
         _ => {}
     }
     Ok(())
-}
-
-/// The ID ends up in access rules, logs and metric labels, so only short printable ASCII passes.
-fn validate_vpce_id(bytes: &[u8]) -> Option<String> {
-    let valid = !bytes.is_empty()
-        && bytes.len() <= MAX_VPCE_ID_LEN
-        && bytes.iter().all(u8::is_ascii_graphic);
-    if !valid {
-        return None;
-    }
-    String::from_utf8(bytes.to_vec()).ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -741,12 +729,9 @@ pub fn encode_v1(src: SocketAddr, dst: SocketAddr, out: &mut Vec<u8>) {
 /// TLV when `vpce_id` is given. Mixed families are written as IPv6 with the IPv4 address
 /// v4-mapped, as [`encode_v1`] does.
 ///
-/// A `vpce_id` that [`parse`] would reject (empty, longer than 64 bytes, not printable ASCII) is
-/// left out rather than sent: it can only come from a bug, and the upstream would refuse the
-/// whole connection over it.
-pub fn encode_v2(src: SocketAddr, dst: SocketAddr, vpce_id: Option<&str>, out: &mut Vec<u8>) {
-    let vpce_id = vpce_id.filter(|id| validate_vpce_id(id.as_bytes()).is_some());
-    // Bounded by MAX_VPCE_ID_LEN, so the length always fits the u16 fields.
+/// A `VpceId` is valid by construction, so what is sent is what [`parse`] accepts.
+pub fn encode_v2(src: SocketAddr, dst: SocketAddr, vpce_id: Option<&VpceId>, out: &mut Vec<u8>) {
+    // Bounded by VpceId::MAX_LEN, so the length always fits the u16 fields.
     let tlv_len = vpce_id.map_or(0, |id| TLV_HEADER_LEN + 1 + id.len());
     let family = same_family(src, dst);
     let (family_byte, addresses_len) = match family {
@@ -1133,12 +1118,13 @@ mod tests {
 
     #[test]
     fn v2_bad_tlv_values() {
-        let cases: [(Vec<u8>, Error); 7] = [
+        let cases: [(Vec<u8>, Error); 8] = [
             (aws_tlv(b""), Error::BadVpceId),
             (aws_tlv(b"vpce 123"), Error::BadVpceId),
             (aws_tlv(b"vpce-\x00"), Error::BadVpceId),
             (aws_tlv("vpce-é".as_bytes()), Error::BadVpceId),
-            (aws_tlv(&[b'a'; 65]), Error::BadVpceId),
+            (aws_tlv(b"vpc-0123"), Error::BadVpceId),
+            (aws_tlv(format!("vpce-{}", "a".repeat(60)).as_bytes()), Error::BadVpceId),
             (tlv(0xEE, &[0x01, 1, 2, 3]), Error::BadAzureLinkId),
             (tlv(0xEE, &[0x01, 1, 2, 3, 4, 5]), Error::BadAzureLinkId),
         ];
@@ -1146,7 +1132,7 @@ mod tests {
             let buf = v2(0x21, 0x11, &[&V4_BLOCK[..], &tlv_bytes].concat());
             assert_eq!(error(&buf, Accept::V2), expected, "{tlv_bytes:02x?}");
         }
-        let longest = aws_tlv(&[b'a'; 64]);
+        let longest = aws_tlv(format!("vpce-{}", "a".repeat(59)).as_bytes());
         let (header, _) = complete(
             &v2(0x21, 0x11, &[&V4_BLOCK[..], &longest].concat()),
             Accept::V2,
@@ -1188,17 +1174,17 @@ mod tests {
         let first = v2(
             0x21,
             0x11,
-            &[&V4_BLOCK[..], &aws_tlv(b"vpce-first")].concat(),
+            &[&V4_BLOCK[..], &aws_tlv(b"vpce-f1")].concat(),
         );
         let second = v2(
             0x21,
             0x21,
-            &[&v6_block()[..], &aws_tlv(b"vpce-second")].concat(),
+            &[&v6_block()[..], &aws_tlv(b"vpce-5ec0d")].concat(),
         );
         let buf = [&first[..], &second].concat();
         let (header, len) = complete(&buf, Accept::V2);
         assert_eq!(len, first.len());
-        assert_eq!(header.vpce_id.as_deref(), Some("vpce-first"));
+        assert_eq!(header.vpce_id.as_deref(), Some("vpce-f1"));
         assert_eq!(header.addresses, Some(v4_pair()));
 
         let first = b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\n";
@@ -1738,7 +1724,8 @@ mod tests {
         for (source, destination) in pairs {
             for vpce_id in [None, Some("vpce-0123456789abcdef0")] {
                 let mut out = Vec::new();
-                encode_v2(source, destination, vpce_id, &mut out);
+                let id = vpce_id.map(|id| VpceId::parse(id).unwrap());
+                encode_v2(source, destination, id.as_ref(), &mut out);
                 let (header, len) = complete(&out, Accept::V2);
                 assert_eq!(len, out.len());
                 assert_eq!(header.command, Command::Proxy);
@@ -1764,17 +1751,11 @@ mod tests {
         encode_v2(
             source,
             destination,
-            Some("vpce-0123456789abcdef0"),
+            Some(&VpceId::parse("vpce-0123456789abcdef0").unwrap()),
             &mut out,
         );
         let expected = v2(0x21, 0x11, &[&V4_BLOCK[..], &aws_tlv(VPCE)].concat());
         assert_eq!(out, expected);
-        // An ID the parser would refuse is left out instead of poisoning the header.
-        for bad in ["", "vpce 1", &"a".repeat(65)] {
-            out.clear();
-            encode_v2(source, destination, Some(bad), &mut out);
-            assert_eq!(out, v2(0x21, 0x11, &V4_BLOCK));
-        }
     }
 
     #[test]
