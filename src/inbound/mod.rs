@@ -2,6 +2,7 @@
 //! preamble (PROXY header and ClientHello peek), access rules, limits, the route to a pool, and
 //! the session that walks a connection through those stages top to bottom.
 
+pub mod access;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
