@@ -36,7 +36,7 @@ fn round_trip(header: &Header) {
         return;
     };
     let mut out = Vec::new();
-    proxy_protocol::encode_v2(source, destination, header.vpce_id.as_deref(), &mut out);
+    proxy_protocol::encode_v2(source, destination, header.vpce_id.as_ref(), &mut out);
     let again = complete(&out, Accept::V2);
     assert_eq!(again.addresses, header.addresses);
     assert_eq!(again.vpce_id, header.vpce_id);
