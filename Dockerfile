@@ -40,8 +40,11 @@ RUN cargo build --release --locked --bin l4relay
 # The admin listener must bind 0.0.0.0 inside a container: 127.0.0.1 there is the container's own
 # loopback, which neither `docker run -p` nor a Prometheus scraper can reach. The shipped config
 # keeps the host default, 127.0.0.1:9090 (on a host, only local tools should reach it); the
-# image's copy is rewritten here and validated with the binary just built. To change it, mount a
-# config of your own over /etc/l4relay/l4relay.toml.
+# image's copy is rewritten here and validated with the binary just built. It sets no token, so
+# off loopback its POST endpoints (drain or ready a server) are off: whoever reaches port 9090
+# can read /metrics and /status, and change nothing (check says so, as a warning). To change it,
+# mount a config of your own over /etc/l4relay/l4relay.toml (with token_file to use the POSTs).
+# tests/admin_safety.rs builds this same file and checks that.
 RUN sed 's/"127\.0\.0\.1:9090"/"0.0.0.0:9090"/' config/l4relay.toml > l4relay.container.toml \
     && { grep -q '"0.0.0.0:9090"' l4relay.container.toml \
          || { echo 'config/l4relay.toml: no "127.0.0.1:9090" to rewrite' >&2; exit 1; }; } \
@@ -67,7 +70,8 @@ COPY --from=builder /build/target/release/l4relay /usr/bin/l4relay
 COPY --from=builder /build/l4relay.container.toml /etc/l4relay/l4relay.toml
 # Numeric, so that Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
 USER 10001:10001
-# 8443: the default relay listener. 9090: admin HTTP (/healthz /readyz /metrics /status).
+# 8443: the default relay listener. 9090: admin HTTP (/healthz /readyz /metrics /status; the POST
+# endpoints are off without a token). Publish 9090 only to the scraper.
 EXPOSE 8443 9090
 # SIGTERM starts the drain (readiness 503, keep accepting, stop accepting, wait, close); the
 # daemon runs as PID 1 and installs its own handlers, so no init shim is needed (it spawns no

@@ -155,7 +155,7 @@ fn server_up(server: &str) -> Option<bool> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;

@@ -14,7 +14,7 @@ use tokio::net::{TcpSocket, TcpStream};
 async fn http_get(addr: SocketAddr, path: &str, prefix: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect to admin");
     let mut request = prefix.to_vec();
-    request.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+    request.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes());
     stream.write_all(&request).await.unwrap();
     let mut response = String::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))

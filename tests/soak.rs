@@ -137,7 +137,7 @@ async fn exchange(stream: &mut TcpStream, data: &[u8]) -> bool {
 async fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
     let mut stream = TcpStream::connect(admin).await.ok()?;
     stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .await
         .ok()?;
     let mut text = String::new();

@@ -131,6 +131,36 @@ pub(super) fn read_listener(
             "accepts PROXY protocol but has no allow or allow_vpce list: any consumer of the endpoint may connect",
         );
     }
+    if proxy_protocol != ProxyProtocol::Off && proxy_protocol_from.is_empty() {
+        // Every rule keyed on the client reads the PROXY header's word for who it is: from a
+        // peer that is not the load balancer, that word is the client's own.
+        let trusted: Vec<&str> = [
+            ("allow", !allow.is_empty()),
+            ("deny", !deny.is_empty()),
+            ("allow_vpce", !allow_vpce.is_empty()),
+            (
+                "max_connections_per_source",
+                max_connections_per_source.is_some(),
+            ),
+            (
+                "max_connections_per_vpce",
+                max_connections_per_vpce.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        if !trusted.is_empty() {
+            diag.warn(
+                &s.span(),
+                &s.key_path("proxy_protocol_from"),
+                format!(
+                    "not set: any client that reaches this listener directly can send a PROXY header naming any address and VPC endpoint, and so get past {}; set proxy_protocol_from to the load balancer's addresses (its subnets)",
+                    trusted.join(", ")
+                ),
+            );
+        }
+    }
     if max_connections_per_vpce.is_some() && proxy_protocol == ProxyProtocol::Off {
         diag.error(
             &s.span(),

@@ -18,6 +18,7 @@ mod tls;
 pub mod values;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -27,7 +28,7 @@ use crate::inbound::listener::ListenerConfig;
 use crate::upstream::pool::PoolConfig;
 
 use admin::read_admin;
-pub use admin::Admin;
+pub use admin::{Admin, AdminToken};
 use drain::read_drain;
 pub use drain::Drain;
 use global::read_global;
@@ -64,6 +65,76 @@ impl Config {
             }]
         })?;
         Self::parse(path, &text)
+    }
+
+    /// What differs in `next` that only a restart can apply, one message per key. A reload
+    /// with any is refused as a whole: applying the rest would leave the running process
+    /// different from the file it says it loaded.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<String> {
+        fn change<T: PartialEq + fmt::Debug>(out: &mut Vec<String>, key: &str, old: T, new: T) {
+            if old != new {
+                out.push(format!(
+                    "{key}: {old:?} -> {new:?} takes effect only at a restart"
+                ));
+            }
+        }
+        let mut out = Vec::new();
+        let (old, new) = (&self.global, &next.global);
+        change(&mut out, "global.workers", old.workers, new.workers);
+        change(&mut out, "global.log_level", &old.log_level, &new.log_level);
+        change(
+            &mut out,
+            "global.log_format",
+            old.log_format,
+            new.log_format,
+        );
+        change(
+            &mut out,
+            "global.log_skip_empty",
+            old.log_skip_empty,
+            new.log_skip_empty,
+        );
+        // The recorder is process-wide and installed once.
+        change(
+            &mut out,
+            "admin.metrics",
+            self.admin.metrics,
+            next.admin.metrics,
+        );
+        // Set on the listening socket when it is bound; a reload keeps the socket open.
+        for new in &next.listeners {
+            let Some(old) = self.listeners.iter().find(|l| l.listen == new.listen) else {
+                continue;
+            };
+            let at = format!("listener \"{}\" ({})", new.name, new.listen);
+            let mut socket = Vec::new();
+            change(&mut socket, "backlog", old.backlog, new.backlog);
+            let (k_old, k_new) = (&old.keepalive, &new.keepalive);
+            match (k_old.idle, k_new.idle) {
+                (Some(idle_old), Some(idle_new)) => {
+                    change(&mut socket, "keepalive_idle", idle_old, idle_new);
+                    change(
+                        &mut socket,
+                        "keepalive_interval",
+                        k_old.interval,
+                        k_new.interval,
+                    );
+                    change(&mut socket, "keepalive_count", k_old.count, k_new.count);
+                }
+                (idle_old, idle_new) => {
+                    change(
+                        &mut socket,
+                        "keepalive",
+                        idle_old.is_some(),
+                        idle_new.is_some(),
+                    );
+                }
+            }
+            out.extend(socket.into_iter().map(|m| {
+                format!("{at}: {m}, as its listening socket stays open (or give it a new address)")
+            }));
+        }
+        out
     }
 
     /// Validates `text` as if read from `path`.
@@ -305,5 +376,93 @@ dns_timeout = "0s"
                 "t.toml:2:1: listener[0].idle_timeout: must be greater than zero",
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::test_support::{parse, MINIMAL};
+
+    /// Keys a reload cannot apply are named, each once; the rest pass.
+    #[test]
+    fn restart_only_changes_are_named() {
+        let old = parse(MINIMAL).unwrap();
+        assert!(old.restart_only_changes(&old).is_empty());
+        let live = parse(&MINIMAL.replace(
+            "pool = \"p\"",
+            "pool = \"p\"\nidle_timeout = \"10s\"\nmax_connections = 5",
+        ))
+        .unwrap();
+        assert!(old.restart_only_changes(&live).is_empty());
+
+        let text = format!(
+            "[global]\nworkers = 3\nlog_level = \"debug\"\nlog_format = \"json\"\nlog_skip_empty = true\n[admin]\nmetrics = false\n{}",
+            MINIMAL.replace(
+                "pool = \"p\"",
+                "pool = \"p\"\nbacklog = 128\nkeepalive_idle = \"30s\"\nkeepalive_count = 5"
+            )
+        );
+        let changes = old.restart_only_changes(&parse(&text).unwrap());
+        let keys: Vec<&str> = changes
+            .iter()
+            .map(|c| c.split(" -> ").next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "global.workers: 0",
+                "global.log_level: \"info\"",
+                "global.log_format: Text",
+                "global.log_skip_empty: false",
+                "admin.metrics: true",
+                "listener \"l\" (127.0.0.1:8443): backlog: 4096",
+                "listener \"l\" (127.0.0.1:8443): keepalive_idle: 60s",
+                "listener \"l\" (127.0.0.1:8443): keepalive_count: 3",
+            ],
+            "{changes:#?}"
+        );
+
+        // Keepalive turned off is one change, not one per keepalive key.
+        let off =
+            parse(&MINIMAL.replace("pool = \"p\"", "pool = \"p\"\nkeepalive = false")).unwrap();
+        assert_eq!(old.restart_only_changes(&off).len(), 1);
+        // A listener on a new address binds a new socket: its backlog is free to differ.
+        let moved = parse(
+            &MINIMAL
+                .replace("127.0.0.1:8443", "127.0.0.1:8444")
+                .replace("pool = \"p\"", "pool = \"p\"\nbacklog = 128"),
+        )
+        .unwrap();
+        assert!(old.restart_only_changes(&moved).is_empty());
+    }
+
+    #[test]
+    fn proxy_listener_without_proxy_protocol_from_is_warned_about() {
+        let with = |extra: &str| {
+            let config = parse(&MINIMAL.replace(
+                "pool = \"p\"",
+                &format!("pool = \"p\"\nproxy_protocol = \"v2\"\n{extra}"),
+            ))
+            .unwrap();
+            config
+                .warnings
+                .iter()
+                .filter(|w| w.key == "listener[0].proxy_protocol_from")
+                .map(|w| w.message.clone())
+                .collect::<Vec<_>>()
+        };
+        let warned = with("allow = [\"10.0.0.0/8\"]\nmax_connections_per_vpce = 10");
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].contains("get past allow, max_connections_per_vpce;"),
+            "{warned:?}"
+        );
+        assert_eq!(with("allow_vpce = [\"vpce-0123456789abcdef0\"]").len(), 1);
+        assert_eq!(with("max_connections_per_source = 3").len(), 1);
+        assert!(
+            with("allow = [\"10.0.0.0/8\"]\nproxy_protocol_from = [\"10.1.0.0/16\"]").is_empty()
+        );
+        // Nothing keyed on the client: the other warning (no allowlist) covers it.
+        assert!(with("").is_empty());
     }
 }

@@ -29,6 +29,7 @@ use crate::observe::access_log::AccessLog;
 mod admin;
 mod heartbeat;
 mod notify;
+mod readiness;
 use crate::config::{Config, Drain};
 use crate::inbound::limits::Limit;
 use crate::inbound::listener::ListenerConfig;
@@ -52,6 +53,8 @@ pub struct State {
     pub drain: ArcSwap<Drain>,
     /// One per worker: a stuck worker fails the watchdog, /healthz and /readyz.
     pub heartbeats: Arc<Heartbeats>,
+    /// Whether /readyz holds back for the process connection limit (with hysteresis).
+    pub(crate) saturation: readiness::Saturation,
 }
 
 struct Worker {
@@ -67,6 +70,9 @@ pub struct Daemon {
     pools: Vec<Arc<Pool>>,
     notifier: Notifier,
     options: Options,
+    /// Set once the admin listeners start; a reload swaps its access rules.
+    admin: Option<Arc<Admin>>,
+    admin_listeners: admin::Listeners,
 }
 
 /// Runs the daemon until it has drained or been told to exit. Errors are startup failures
@@ -98,6 +104,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         listeners: ArcSwap::from_pointee(Vec::new()),
         drain: ArcSwap::from_pointee(config.drain.clone()),
         heartbeats: Heartbeats::new(worker_count),
+        saturation: readiness::Saturation::default(),
     });
     let workers = (0..worker_count)
         .map(|i| start_worker(i, state.sessions.phase.subscribe()))
@@ -119,6 +126,8 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
             pools: Vec::new(),
             options,
             notifier: Notifier::from_env(),
+            admin: None,
+            admin_listeners: admin::Listeners::default(),
         };
         let signals = Signals::install()?;
         daemon.apply_initial()?;
@@ -238,7 +247,7 @@ impl Daemon {
     }
 
     /// Binds the admin (and health) listeners and serves them on this, the control, thread.
-    fn start_admin(&self, prometheus: Option<PrometheusHandle>) -> Result<(), String> {
+    fn start_admin(&mut self, prometheus: Option<PrometheusHandle>) -> Result<(), String> {
         if let Some(handle) = prometheus.clone() {
             // The exporter keeps histogram samples until upkeep folds them into buckets; without
             // it, memory would grow with every connection while nobody scrapes.
@@ -250,29 +259,16 @@ impl Daemon {
                 }
             });
         }
+        admin::describe_metrics();
         let admin = Arc::new(Admin {
             state: Arc::clone(&self.state),
             prometheus,
             workers: self.workers.iter().map(|w| w.handle.clone()).collect(),
-            token: self.config.admin.token.clone(),
+            access: ArcSwap::from_pointee(admin::Access::new(&self.config.admin)),
         });
-        let listeners = [
-            (self.config.admin.listen, admin::Scope::Full, "admin"),
-            (
-                self.config.admin.health_listen,
-                admin::Scope::HealthOnly,
-                "health",
-            ),
-        ];
-        for (addr, scope, what) in listeners {
-            let Some(addr) = addr else { continue };
-            let socket =
-                admin::bind(addr).map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
-            let listener =
-                TcpListener::from_std(socket).map_err(|e| format!("{what} listener: {e}"))?;
-            tracing::info!(address = %addr, "{what} listener");
-            tokio::spawn(admin::serve(listener, Arc::clone(&admin), scope));
-        }
+        let bound = self.admin_listeners.bind(&self.config.admin)?;
+        self.admin_listeners.commit(bound, &admin);
+        self.admin = Some(admin);
         Ok(())
     }
 
@@ -405,14 +401,7 @@ impl Daemon {
                 for warning in &config.warnings {
                     tracing::warn!("{warning}");
                 }
-                self.apply(&config).map(|()| {
-                    if config.global.workers != self.config.global.workers {
-                        tracing::warn!(
-                            "reload: a change of global.workers takes effect at the next restart"
-                        );
-                    }
-                    self.config = config;
-                })
+                self.reload_with(&config).map(|()| self.config = config)
             }
         };
         let outcome = match result {
@@ -427,6 +416,31 @@ impl Daemon {
         };
         metrics::counter!(telemetry::CONFIG_RELOADS, "result" => outcome).increment(1);
         self.notifier.ready();
+    }
+
+    /// Applies a reloaded config, or nothing of it: a change only a restart can apply refuses
+    /// the reload (saying which), and so does an admin address that cannot be bound. The admin
+    /// token and host names are swapped in with the rest.
+    fn reload_with(&mut self, config: &Config) -> Result<(), String> {
+        let restart_only = self.config.restart_only_changes(config);
+        if !restart_only.is_empty() {
+            for change in &restart_only {
+                tracing::error!("reload: {change}");
+            }
+            return Err(format!(
+                "refused: {} change(s) need a restart (configuration.md: What a reload changes)",
+                restart_only.len()
+            ));
+        }
+        let admin_sockets = self.admin_listeners.bind(&config.admin)?;
+        self.apply(config)?;
+        if let Some(admin) = &self.admin {
+            self.admin_listeners.commit(admin_sockets, admin);
+            admin
+                .access
+                .store(Arc::new(admin::Access::new(&config.admin)));
+        }
+        Ok(())
     }
 
     /// Makes `config` the running one: new pools, listener settings swapped in place, new

@@ -123,6 +123,10 @@ pub enum Hello {
     Tls { server_name: Option<String> },
     /// Not TLS, or a ClientHello too broken to route on: the default route applies.
     Other,
+    /// A ClientHello longer than `sni::MAX_CLIENT_HELLO`: it may well name a server, but not
+    /// within what the relay reads, so it cannot be routed on (the listener's `route_fallback`
+    /// decides, with this as the reason).
+    TooLong,
 }
 
 /// Reads until the ClientHello is complete (or the stream is clearly not TLS); the bytes read
@@ -135,6 +139,7 @@ pub async fn read_client_hello(
         match sni::parse_client_hello(buf) {
             Ok(Peeked::ClientHello { server_name }) => return Ok(Hello::Tls { server_name }),
             Ok(Peeked::NotTls) => return Ok(Hello::Other),
+            Err(sni::Error::TooLong) => return Ok(Hello::TooLong),
             Err(e) => {
                 tracing::debug!("ClientHello not routable: {e}");
                 return Ok(Hello::Other);
@@ -143,7 +148,8 @@ pub async fn read_client_hello(
         }
         let filled = buf.len();
         if filled >= sni::MAX_CLIENT_HELLO {
-            return Ok(Hello::Other);
+            // The parser says TooLong before this; kept so no path reads past the limit.
+            return Ok(Hello::TooLong);
         }
         buf.resize(sni::MAX_CLIENT_HELLO, 0);
         let n = match stream.read(&mut buf[filled..]).await {

@@ -133,6 +133,9 @@ struct Established {
     client_permits: ClientPermits,
 }
 
+/// The route fallback's reason for a ClientHello past the peek limit.
+const HELLO_TOO_LONG: &str = "hello_too_long";
+
 /// How long a relayed connection lasts before its server socket gets the pool's keepalive
 /// options (or one tick of the idle check, if sooner).
 const KEEPALIVE_AFTER: Duration = Duration::from_secs(1);
@@ -606,8 +609,24 @@ impl Session {
                 config.routes.find(name)
             }
             Hello::Tls { server_name: None } | Hello::Other => None,
+            Hello::TooLong => {
+                tracing::debug!(listener = %self.listener.name, client = %self.record.client, "ClientHello longer than {} bytes: route_fallback applies", crate::protocol::sni::MAX_CLIENT_HELLO);
+                return self.fallback_pool(HELLO_TOO_LONG);
+            }
         };
         self.routed_pool(routed)
+    }
+
+    /// The listener's fallback for a connection that could not be routed at all, with the
+    /// reason: it refuses with it, or goes to the default pool with it in the access log.
+    fn fallback_pool(&mut self, why: &'static str) -> Result<Arc<Pool>, End> {
+        match self.listener.config.route_fallback {
+            RouteFallback::Pool => {
+                self.record.detail = Some(why);
+                Ok(Arc::clone(&self.listener.pool))
+            }
+            RouteFallback::Refuse => Err(End::RefusedRule(why)),
+        }
     }
 
     /// The pool a route chose, or the listener's fallback.
@@ -833,7 +852,8 @@ fn finish(
 ) {
     record.duration = started.elapsed();
     record.end = end.as_str();
-    record.detail = end.detail();
+    // A relayed connection keeps the detail its route gave it (a fallback's reason).
+    record.detail = end.detail().or(record.detail);
     let metrics = &listener.metrics;
     metrics.count_outcome(end.outcome());
     let (to_server, to_client) = (record.bytes_client_to_server, record.bytes_server_to_client);

@@ -583,7 +583,8 @@ pub async fn admin_request(
 ) -> (u16, String) {
     let mut stream = TcpStream::connect(admin).await.expect("connect to admin");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n");
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{auth}Content-Length: 0\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
