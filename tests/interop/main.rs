@@ -16,10 +16,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bulk;
 mod certs;
 mod clients;
 mod dns;
-mod iperf;
 mod nginx;
 mod peers;
 mod prometheus;

@@ -59,6 +59,34 @@ where
     panic!("{what} did not start:\n{last}");
 }
 
+/// A test's scratch directory (configs, logs, data of its peers), removed when the test
+/// passes, kept for a look when it fails. Declare it before the peers that write into it, so
+/// that it is dropped after them.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        Scratch(crate::common::scratch_dir(name))
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for a look: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A running program, ended (SIGTERM, then SIGKILL) by its pid when dropped.
 pub struct Peer {
     pub name: String,

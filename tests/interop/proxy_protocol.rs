@@ -82,7 +82,7 @@ fn v2_header_with_vpce(source: SocketAddr, destination: SocketAddr, vpce: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoint() {
-    let dir = scratch_dir("interop-pp");
+    let dir = crate::peers::Scratch::new("interop-pp");
     // nginx 1.23.2 added $proxy_protocol_tlv_*; Debian 12 ships 1.22.
     let tlv_variables = crate::nginx::version().await >= (1, 23, 2);
     let vpce_field = if tlv_variables {

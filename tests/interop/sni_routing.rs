@@ -10,7 +10,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_two_nginx_tls_servers_by_name_and_unknown_names_follow_route_fallback() {
-    let dir = scratch_dir("interop-sni");
+    let dir = crate::peers::Scratch::new("interop-sni");
     let ca = Ca::new(&dir, "sni");
     let leaves = [
         ("a", ca.leaf("a", &["a.test"])),

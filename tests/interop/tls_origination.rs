@@ -11,7 +11,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_sends_sni_verifies_nginx_against_its_ca_and_refuses_a_wrong_ca_or_name() {
-    let dir = scratch_dir("interop-origin");
+    let dir = crate::peers::Scratch::new("interop-origin");
     let ca = Ca::new(&dir, "origin");
     let other_ca = Ca::new(&dir, "other");
     let client_ca = Ca::new(&dir, "relay-client");

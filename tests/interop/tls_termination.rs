@@ -27,10 +27,12 @@ struct Setup {
     /// A client certificate from a CA the relay does not trust.
     stranger: Leaf,
     _nginx: crate::peers::Peer,
+    /// Last: dropped after the programs that use it.
+    _dir: crate::peers::Scratch,
 }
 
 async fn setup() -> Setup {
-    let dir = scratch_dir("interop-tls");
+    let dir = crate::peers::Scratch::new("interop-tls");
     let ca = Ca::new(&dir, "server");
     let other_ca = Ca::new(&dir, "other");
     let client_ca = Ca::new(&dir, "client");
@@ -84,6 +86,7 @@ async fn setup() -> Setup {
         client,
         stranger,
         _nginx: nginx,
+        _dir: dir,
     }
 }
 
