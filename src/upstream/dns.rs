@@ -248,11 +248,14 @@ async fn refresh(pool: Arc<Pool>, index: usize) {
             _ = tokio::time::sleep_until(due.into()) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
+        // A failure dates from the question: the resolver was gone when it was asked, not
+        // only once its timeouts ran out.
+        let asked = Instant::now();
         let answer = tokio::select! {
             answer = lookup(&resolver, &name.host, family) => answer,
             _ = stop.wait_for(|stopped| *stopped) => return,
         };
-        due = apply(&pool, index, answer);
+        due = apply(&pool, index, answer, asked);
     }
 }
 
@@ -467,13 +470,14 @@ fn public_refused(refused: &[IpAddr]) -> String {
 
 /// Notes which queries fail, and returns the addresses that failing queries keep: while the
 /// other query answers, each failing one keeps its own last good addresses for `hold` (a
-/// resolver that times out on AAAA once does not empty the IPv6 half). `note` gets what
-/// changed, once, and whether it is a warning.
+/// resolver that times out on AAAA once does not empty the IPv6 half), counted from when the
+/// first failing query was `asked`. `note` gets what changed, once, and whether it is a
+/// warning.
 fn carry_failing_queries(
     record: &mut Record,
     verdict: &Verdict,
     hold: Duration,
-    now: Instant,
+    (asked, now): (Instant, Instant),
     note: impl Fn(bool, String),
 ) -> Vec<IpAddr> {
     let mut held = Vec::new();
@@ -485,7 +489,7 @@ fn carry_failing_queries(
             }
             continue;
         };
-        let since = record.query_failing[query].as_ref().map_or(now, |f| f.0);
+        let since = record.query_failing[query].as_ref().map_or(asked, |f| f.0);
         // Said again when the name recovers on the other query after failing as a whole.
         let changed = record.query_failing[query].as_ref().map(|f| &f.1) != Some(text)
             || record.failing_since.is_some();
@@ -524,7 +528,7 @@ fn carry_failing_queries(
 }
 
 /// Records an answer, updates the pool's servers, and returns when to resolve next.
-fn apply(pool: &Arc<Pool>, index: usize, answer: Answer) -> Instant {
+fn apply(pool: &Arc<Pool>, index: usize, answer: Answer, asked: Instant) -> Instant {
     let dns = &pool.config.dns;
     let name = &pool.names[index];
     let verdict = judge(answer, dns.require_private);
@@ -537,13 +541,19 @@ fn apply(pool: &Arc<Pool>, index: usize, answer: Answer) -> Instant {
     let first = !std::mem::replace(&mut record.answered, true);
     record.last_result = Some(result);
     record.refused = verdict.refused.clone();
-    let held = carry_failing_queries(&mut record, &verdict, dns.hold, now, |warning, text| {
-        if warning {
-            tracing::warn!(pool = %pool.name, server = %name.server_name, "{host}: {text}");
-        } else {
-            tracing::info!(pool = %pool.name, server = %name.server_name, "{host}: {text}");
-        }
-    });
+    let held = carry_failing_queries(
+        &mut record,
+        &verdict,
+        dns.hold,
+        (asked, now),
+        |warning, text| {
+            if warning {
+                tracing::warn!(pool = %pool.name, server = %name.server_name, "{host}: {text}");
+            } else {
+                tracing::info!(pool = %pool.name, server = %name.server_name, "{host}: {text}");
+            }
+        },
+    );
     // Some: the pool's addresses for this name become these, removed ones for this reason.
     let mut new_set: Option<(Vec<IpAddr>, String)> = None;
     let wait = match verdict.failure {
@@ -573,7 +583,7 @@ fn apply(pool: &Arc<Pool>, index: usize, answer: Answer) -> Instant {
                 .clamp(dns.min_ttl, dns.max_ttl)
         }
         Some((_, text)) => {
-            let since = *record.failing_since.get_or_insert(now);
+            let since = *record.failing_since.get_or_insert(asked);
             let held = !record.addresses.is_empty();
             if record.last_error.as_deref() != Some(text.as_str()) {
                 if held {
@@ -713,11 +723,11 @@ mod tests {
 
         // AAAA fails while A answers: the IPv6 address stays, said once.
         let v = judge([records(&["10.0.0.2"], 5), failed("timeout")], false);
-        let held = carry_failing_queries(&mut record, &v, hold, start, note);
+        let held = carry_failing_queries(&mut record, &v, hold, (start, start), note);
         assert_eq!(held, ips(&["fd00::1"]));
         assert_eq!(record.query_failing[V6].as_ref().unwrap().0, start);
         let later = start + Duration::from_secs(5);
-        let held = carry_failing_queries(&mut record, &v, hold, later, note);
+        let held = carry_failing_queries(&mut record, &v, hold, (later, later), note);
         assert_eq!(held, ips(&["fd00::1"]));
         assert_eq!(record.query_failing[V6].as_ref().unwrap().0, start);
         assert_eq!(notes.borrow().len(), 1, "{:?}", notes.borrow());
@@ -727,13 +737,13 @@ mod tests {
         assert!(notes.borrow()[0].1.contains("keeping its last addresses"));
 
         // Past dns_hold: dropped.
-        let held = carry_failing_queries(&mut record, &v, hold, start + hold, note);
+        let held = carry_failing_queries(&mut record, &v, hold, (start + hold, start + hold), note);
         assert!(held.is_empty());
         assert!(notes.borrow()[1].1.contains("longer than dns_hold"));
 
         // Answers again: no longer failing.
         let v = judge([records(&["10.0.0.2"], 5), records(&["fd00::3"], 5)], false);
-        let held = carry_failing_queries(&mut record, &v, hold, start + hold, note);
+        let held = carry_failing_queries(&mut record, &v, hold, (start + hold, start + hold), note);
         assert!(held.is_empty());
         assert!(record.query_failing[V6].is_none());
         assert_eq!(
@@ -743,7 +753,7 @@ mod tests {
 
         // An empty AAAA answer is an answer: nothing held.
         let v = judge([records(&["10.0.0.2"], 5), none()], false);
-        assert!(carry_failing_queries(&mut record, &v, hold, start, note).is_empty());
+        assert!(carry_failing_queries(&mut record, &v, hold, (start, start), note).is_empty());
     }
 
     #[test]

@@ -102,7 +102,10 @@ async fn iperf3_through_the_relay_in_both_directions_delivers_every_byte() {
         let control = lines.iter().find(|l| *l != data).unwrap();
         // Either side may end the control connection first.
         assert!(
-            matches!(field(control, "end"), Some("client_closed" | "server_closed")),
+            matches!(
+                field(control, "end"),
+                Some("client_closed" | "server_closed")
+            ),
             "{shown}"
         );
         if reverse {
@@ -180,11 +183,16 @@ async fn curl_uploads_to_and_downloads_from_nginx_through_the_relay_byte_for_byt
     .await;
     assert!(ran.ok(), "upload: {}", ran.shown());
     assert_eq!(
-        std::fs::metadata(root.join("files/up.bin")).map(|m| m.len()).ok(),
+        std::fs::metadata(root.join("files/up.bin"))
+            .map(|m| m.len())
+            .ok(),
         Some(UPLOAD),
         "the file nginx wrote"
     );
-    assert!(digest_of(&root.join("files/up.bin")) == up_digest, "upload corrupted");
+    assert!(
+        digest_of(&root.join("files/up.bin")) == up_digest,
+        "upload corrupted"
+    );
 
     let downloaded = dir.join("down.bin");
     let ran = curl(&[

@@ -39,9 +39,10 @@ impl Ca {
     pub fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names.clone()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &*self.issuer).unwrap();
         let leaf = Leaf {

@@ -28,7 +28,8 @@ pub fn program(program: &str, package: &str) -> PathBuf {
 }
 
 /// What `.ci/run` installs for this suite.
-pub const INSTALL: &str = "apt-get install -y haproxy nginx dnsmasq unbound prometheus curl openssl iperf3";
+pub const INSTALL: &str =
+    "apt-get install -y haproxy nginx dnsmasq unbound prometheus curl openssl iperf3";
 
 /// A port on `ip` that was free a moment ago for both TCP and UDP (a DNS server needs both).
 pub fn free_port(ip: &str) -> u16 {

@@ -54,8 +54,8 @@ async fn query(web: SocketAddr, promql: &str) -> Option<f64> {
     ])
     .await;
     assert!(ran.ok(), "{}", ran.shown());
-    let answer: serde_json::Value = serde_json::from_str(&ran.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", ran.stdout));
+    let answer: serde_json::Value =
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.stdout));
     assert_eq!(answer["status"], "success", "{answer}");
     let result = answer["data"]["result"].as_array()?;
     assert!(result.len() <= 1, "{promql}: {answer}");
@@ -125,7 +125,10 @@ async fn prometheus_scrapes_metrics_and_its_api_returns_the_connection_counter()
     )
     .await;
     // A few seconds of scrapes, every one of them up and without error.
-    wait_until(web, "count_over_time(up{job=\"l4relay\"}[1m])", |n| n >= 3.0).await;
+    wait_until(web, "count_over_time(up{job=\"l4relay\"}[1m])", |n| {
+        n >= 3.0
+    })
+    .await;
     assert_eq!(
         query(web, "min_over_time(up{job=\"l4relay\"}[1m])").await,
         Some(1.0)

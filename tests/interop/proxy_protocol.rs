@@ -135,9 +135,15 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
         .unwrap_or_else(|| panic!("no local address from curl: {stdout}"))
         .to_string();
     assert!(local.starts_with("127.0.0.5:"), "{local}");
-    let seen = stdout.lines().find_map(|l| l.strip_prefix("client=")).unwrap_or("");
+    let seen = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client="))
+        .unwrap_or("");
     let seen_addr = seen.split_whitespace().next().unwrap_or("");
-    assert_eq!(seen_addr, local, "what nginx saw vs curl's address: {stdout}");
+    assert_eq!(
+        seen_addr, local,
+        "what nginx saw vs curl's address: {stdout}"
+    );
     // The relay logged the same client (from HAProxy's header, CRC32C and unique-ID TLVs
     // skipped or checked), and nginx's own access log has it too.
     let line = log_for(&relay, &local).await;
@@ -166,7 +172,10 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
         .expect("nginx's answer in time")
         .unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains(&format!("client={claimed}")), "{response}");
+    assert!(
+        response.contains(&format!("client={claimed}")),
+        "{response}"
+    );
     // nginx has ended its side; the relay logs the connection once the client ends its own.
     drop(stream);
     let line = log_for(&relay, claimed).await;

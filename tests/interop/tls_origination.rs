@@ -91,7 +91,10 @@ async fn the_relay_sends_sni_verifies_nginx_against_its_ca_and_refuses_a_wrong_c
         "client_verify=SUCCESS",
         "CN=relay.client.test",
     ] {
-        assert!(body.contains(expected), "nginx saw {body:?}, not {expected}");
+        assert!(
+            body.contains(expected),
+            "nginx saw {body:?}, not {expected}"
+        );
     }
 
     for (addr, listener, detail) in [

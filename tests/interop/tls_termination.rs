@@ -60,7 +60,11 @@ async fn setup() -> Setup {
     let config = assemble_config(
         None,
         &[
-            listener("tls", tls, "  min_version = \"1.2\"\n  alpn = [\"http/1.1\"]\n"),
+            listener(
+                "tls",
+                tls,
+                "  min_version = \"1.2\"\n  alpn = [\"http/1.1\"]\n",
+            ),
             listener("tls13", tls13, "  min_version = \"1.3\"\n"),
             listener(
                 "mtls",
@@ -161,14 +165,23 @@ async fn curl_and_openssl_negotiate_the_configured_tls_versions_and_verify_the_c
         let ran = curl_with(https(s.tls, &s.ca), &flags).await;
         assert!(ran.ok(), "{version}: {}", ran.shown());
         assert_eq!(ran.stdout.trim(), BODY, "{}", ran.shown());
-        assert_eq!(curl_tls_version(&ran.stderr), Some(version), "{}", ran.shown());
+        assert_eq!(
+            curl_tls_version(&ran.stderr),
+            Some(version),
+            "{}",
+            ran.shown()
+        );
     }
 
     // Verified for real: curl refuses the same certificate against another CA.
     let mark = log_mark(&s.relay);
     let ran = curl_with(https(s.tls, &s.other_ca), &[]).await;
     assert_eq!(ran.code, Some(60), "{}", ran.shown());
-    assert!(ran.stderr.contains("SSL certificate problem"), "{}", ran.shown());
+    assert!(
+        ran.stderr.contains("SSL certificate problem"),
+        "{}",
+        ran.shown()
+    );
     let line = next_line(&s.relay, mark, "tls").await;
     assert_eq!(field(&line, "end"), Some("tls_handshake_error"), "{line}");
 
@@ -176,7 +189,13 @@ async fn curl_and_openssl_negotiate_the_configured_tls_versions_and_verify_the_c
     let mark = log_mark(&s.relay);
     let ran = curl_with(
         https(s.tls, &s.ca),
-        &["--tlsv1.1", "--tls-max", "1.1", "--ciphers", "DEFAULT@SECLEVEL=0"],
+        &[
+            "--tlsv1.1",
+            "--tls-max",
+            "1.1",
+            "--ciphers",
+            "DEFAULT@SECLEVEL=0",
+        ],
     )
     .await;
     assert!(!ran.ok(), "TLS 1.1 accepted: {}", ran.shown());
@@ -187,7 +206,11 @@ async fn curl_and_openssl_negotiate_the_configured_tls_versions_and_verify_the_c
 
     let mark = log_mark(&s.relay);
     let ran = openssl(s.tls, &s.ca, &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]).await;
-    assert!(!ran.stdout.contains(BODY), "TLS 1.1 accepted: {}", ran.shown());
+    assert!(
+        !ran.stdout.contains(BODY),
+        "TLS 1.1 accepted: {}",
+        ran.shown()
+    );
     let line = next_line(&s.relay, mark, "tls").await;
     assert_eq!(field(&line, "detail"), Some("tls_incompatible"), "{line}");
 
@@ -211,7 +234,11 @@ async fn curl_and_openssl_negotiate_the_configured_tls_versions_and_verify_the_c
     // min_version = "1.3": a client capped at 1.2 is refused, 1.3 goes through.
     let mark = log_mark(&s.relay);
     let ran = curl_with(https(s.tls13, &s.ca), &["--tlsv1.2", "--tls-max", "1.2"]).await;
-    assert!(!ran.ok(), "TLS 1.2 accepted by a 1.3-only listener: {}", ran.shown());
+    assert!(
+        !ran.ok(),
+        "TLS 1.2 accepted by a 1.3-only listener: {}",
+        ran.shown()
+    );
     let line = next_line(&s.relay, mark, "tls13").await;
     assert_eq!(field(&line, "detail"), Some("tls_incompatible"), "{line}");
     let ran = curl_with(https(s.tls13, &s.ca), &["--tlsv1.3"]).await;
@@ -232,7 +259,11 @@ async fn alpn_is_agreed_with_curl_and_openssl_and_refused_without_a_common_proto
     );
 
     let ran = openssl(s.tls, &s.ca, &["-alpn", "h2,http/1.1"]).await;
-    assert!(ran.stdout.contains("ALPN protocol: http/1.1"), "{}", ran.shown());
+    assert!(
+        ran.stdout.contains("ALPN protocol: http/1.1"),
+        "{}",
+        ran.shown()
+    );
     assert!(ran.stdout.contains(BODY), "{}", ran.shown());
 
     // Only h2 offered; the listener speaks http/1.1 only: refused.
