@@ -1,7 +1,8 @@
 //! PROXY protocol v2 as the NLB deployment uses it, with real peers on both sides: HAProxy in
 //! front (the NLB stand-in, `send-proxy-v2` with its own TLVs), l4relay reading the header and
 //! sending its own to nginx (`listen ... proxy_protocol`), which must see the original client
-//! address and port. A client sending the AWS VPC endpoint TLV itself (as the NLB does) gets its
+//! address and port; HAProxy also checks `/readyz` on the health listener as an NLB does (a
+//! v2 header first). A client sending the AWS VPC endpoint TLV itself (as the NLB does) gets its
 //! endpoint ID into the access log, and into nginx's when nginx can read it (1.23.2+).
 
 use std::net::SocketAddr;
@@ -16,8 +17,13 @@ use crate::peers::{program, retrying, run, text, Peer};
 const VPCE: &str = "vpce-0123456789abcdef0";
 
 /// HAProxy in TCP mode on 127.0.0.1, every connection to `relay` with a v2 header carrying
-/// HAProxy's own TLVs (CRC32C, unique ID) that an NLB never sends.
-async fn haproxy(dir: &std::path::Path, relay: SocketAddr) -> (Peer, SocketAddr) {
+/// HAProxy's own TLVs (CRC32C, unique ID) that an NLB never sends; checking the relay as an
+/// NLB's HTTP health check does: `GET /readyz` on `health`, a PROXY v2 header first.
+async fn haproxy(
+    dir: &std::path::Path,
+    relay: SocketAddr,
+    health: SocketAddr,
+) -> (Peer, SocketAddr) {
     let haproxy = program("haproxy", "haproxy");
     retrying("haproxy", || {
         let front = free_addr();
@@ -40,8 +46,14 @@ frontend nlb
     bind {front}
     default_backend relay
 backend relay
-    server relay {relay} send-proxy-v2 proxy-v2-options crc32c,unique-id
-"
+    option httpchk GET /readyz
+    http-check expect status 200
+    option log-health-checks
+    default-server inter 200ms fall 1 rise 1
+    server relay {relay} send-proxy-v2 proxy-v2-options crc32c,unique-id check addr {} port {} check-send-proxy
+",
+                health.ip(),
+                health.port()
             ),
         )
         .unwrap();
@@ -105,12 +117,17 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
     })
     .await;
 
-    let listen = listen_addr();
+    let (listen, admin, health) = (listen_addr(), free_addr(), free_addr());
     let relay = RelayProcess::start(&format!(
-        "[admin]\nlisten = \"off\"\n\n[[listener]]\nname = \"nlb\"\nlisten = \"{listen}\"\npool = \"nginx\"\nproxy_protocol = \"v2\"\n\n[[pool]]\nname = \"nginx\"\nsend_proxy = \"v2\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{}\"\n",
+        "[admin]\nlisten = \"{admin}\"\nhealth_listen = \"{health}\"\n\n[[listener]]\nname = \"nlb\"\nlisten = \"{listen}\"\npool = \"nginx\"\nproxy_protocol = \"v2\"\n\n[[pool]]\nname = \"nginx\"\nsend_proxy = \"v2\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{}\"\n",
         nginx_addrs[0]
     ));
-    let (haproxy, front) = haproxy(&dir, listen).await;
+    let (mut haproxy, front) = haproxy(&dir, listen, health).await;
+    // HAProxy's health checks, each with a PROXY v2 header before the request, pass.
+    haproxy
+        .wait_output("Health check for server relay/relay succeeded")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // curl from 127.0.0.5 through HAProxy and l4relay: nginx must answer with curl's own
     // address and port, which curl reports itself.
@@ -186,5 +203,9 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
         let log = std::fs::read_to_string(&access_log).unwrap_or_default();
         assert!(log.contains(&format!("vpce={VPCE}")), "{log}");
     }
-    drop(haproxy);
+    assert!(
+        !haproxy.output().contains("is DOWN"),
+        "HAProxy marked the relay down:\n{}",
+        haproxy.output()
+    );
 }
