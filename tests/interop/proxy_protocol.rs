@@ -1,7 +1,7 @@
 //! PROXY protocol v2 as the NLB deployment uses it, with real peers on both sides: HAProxy in
 //! front (the NLB stand-in, `send-proxy-v2` with its own TLVs), l4relay reading the header and
 //! sending its own to nginx (`listen ... proxy_protocol`), which must see the original client
-//! address and port; HAProxy also checks `/readyz` on the health listener as an NLB does (a
+//! address and port, over IPv4 and IPv6 and with a v1 header too; HAProxy also checks `/readyz` on the health listener as an NLB does (a
 //! v2 header first). A client sending the AWS VPC endpoint TLV itself (as the NLB does) gets its
 //! endpoint ID into the access log, and into nginx's when nginx can read it (1.23.2+).
 
@@ -16,17 +16,30 @@ use crate::peers::{program, retrying, run, text, Peer};
 
 const VPCE: &str = "vpce-0123456789abcdef0";
 
-/// HAProxy in TCP mode on 127.0.0.1, every connection to `relay` with a v2 header carrying
-/// HAProxy's own TLVs (CRC32C, unique ID) that an NLB never sends; checking the relay as an
-/// NLB's HTTP health check does: `GET /readyz` on `health`, a PROXY v2 header first.
+/// Where HAProxy listens: `v2` and `v2_ipv6` send the relay a v2 header (with HAProxy's own
+/// CRC32C and unique-ID TLVs, which an NLB never sends), `v1` a v1 header.
+struct Fronts {
+    v2: SocketAddr,
+    v2_ipv6: SocketAddr,
+    v1: SocketAddr,
+}
+
+/// HAProxy in TCP mode in front of the relay's listeners `v2` and `v1`, checking the relay as
+/// an NLB's HTTP health check does: `GET /readyz` on `health`, a PROXY v2 header first.
 async fn haproxy(
     dir: &std::path::Path,
-    relay: SocketAddr,
+    (v2, v1): (SocketAddr, SocketAddr),
     health: SocketAddr,
-) -> (Peer, SocketAddr) {
+) -> (Peer, Fronts) {
     let haproxy = program("haproxy", "haproxy");
     retrying("haproxy", || {
-        let front = free_addr();
+        let ipv6 = std::net::TcpListener::bind("[::1]:0").expect("bind [::1]:0");
+        let fronts = Fronts {
+            v2: free_addr(),
+            v2_ipv6: ipv6.local_addr().unwrap(),
+            v1: free_addr(),
+        };
+        drop(ipv6);
         let config = dir.join("haproxy.cfg");
         std::fs::write(
             &config,
@@ -43,15 +56,24 @@ defaults
     timeout server 30s
     unique-id-format %[uuid()]
 frontend nlb
-    bind {front}
+    bind {}
+    bind {}
     default_backend relay
+frontend classic
+    bind {}
+    default_backend relay_v1
 backend relay
     option httpchk GET /readyz
     http-check expect status 200
     option log-health-checks
     default-server inter 200ms fall 1 rise 1
-    server relay {relay} send-proxy-v2 proxy-v2-options crc32c,unique-id check addr {} port {} check-send-proxy
+    server relay {v2} send-proxy-v2 proxy-v2-options crc32c,unique-id check addr {} port {} check-send-proxy
+backend relay_v1
+    server relay_v1 {v1} send-proxy
 ",
+                fronts.v2,
+                fronts.v2_ipv6,
+                fronts.v1,
                 health.ip(),
                 health.port()
             ),
@@ -64,11 +86,39 @@ backend relay
             dir,
         );
         async move {
-            peer.wait_listening(front).await?;
-            Ok((peer, front))
+            for front in [fronts.v2, fronts.v2_ipv6, fronts.v1] {
+                peer.wait_listening(front).await?;
+            }
+            Ok((peer, fronts))
         }
     })
     .await
+}
+
+/// curl to `front` (from `interface` when given): the client address curl reports it used,
+/// and the one nginx answers it saw, both as `ip port`.
+async fn through(front: SocketAddr, interface: Option<&str>) -> (String, String) {
+    let mut command = Command::new(program("curl", "curl"));
+    command.args(["-sS", "--max-time", "10", "-g"]);
+    if let Some(interface) = interface {
+        command.args(["--interface", interface]);
+    }
+    command.args([
+        "-w",
+        "curl=%{local_ip} %{local_port}\n",
+        &format!("http://{front}/"),
+    ]);
+    let output = run(command, Duration::from_secs(20)).await;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "curl: {stderr}\n{stdout}");
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {stdout}"))
+            .to_string()
+    };
+    (line("curl="), line("nginx="))
 }
 
 /// A PROXY v2 header for TCP/IPv4 from `source` to `destination` with the AWS VPC endpoint
@@ -105,11 +155,11 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
     let access_log = dir.join("nginx-access.log");
     let (_nginx, nginx_addrs) = crate::nginx::start(&dir, 1, |addrs| {
         format!(
-            "    log_format pp 'client=$proxy_protocol_addr:$proxy_protocol_port peer=$remote_addr{vpce_field} \"$request\" $status';
+            "    log_format pp 'nginx=$proxy_protocol_addr $proxy_protocol_port peer=$remote_addr{vpce_field} \"$request\" $status';
     server {{
         listen {} proxy_protocol;
         access_log {} pp;
-        location / {{ return 200 'client=$proxy_protocol_addr:$proxy_protocol_port{vpce_field}\\n'; }}
+        location / {{ return 200 'nginx=$proxy_protocol_addr $proxy_protocol_port{vpce_field}\\n'; }}
     }}",
             addrs[0],
             access_log.display()
@@ -117,60 +167,47 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
     })
     .await;
 
-    let (listen, admin, health) = (listen_addr(), free_addr(), free_addr());
+    let (listen, classic, admin, health) = (listen_addr(), listen_addr(), free_addr(), free_addr());
     let relay = RelayProcess::start(&format!(
-        "[admin]\nlisten = \"{admin}\"\nhealth_listen = \"{health}\"\n\n[[listener]]\nname = \"nlb\"\nlisten = \"{listen}\"\npool = \"nginx\"\nproxy_protocol = \"v2\"\n\n[[pool]]\nname = \"nginx\"\nsend_proxy = \"v2\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{}\"\n",
+        "[admin]\nlisten = \"{admin}\"\nhealth_listen = \"{health}\"\n\n[[listener]]\nname = \"nlb\"\nlisten = \"{listen}\"\npool = \"nginx\"\nproxy_protocol = \"v2\"\n\n[[listener]]\nname = \"classic\"\nlisten = \"{classic}\"\npool = \"nginx\"\nproxy_protocol = \"v1\"\n\n[[pool]]\nname = \"nginx\"\nsend_proxy = \"v2\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{}\"\n",
         nginx_addrs[0]
     ));
-    let (mut haproxy, front) = haproxy(&dir, listen, health).await;
+    let (mut haproxy, fronts) = haproxy(&dir, (listen, classic), health).await;
     // HAProxy's health checks, each with a PROXY v2 header before the request, pass.
     haproxy
         .wait_output("Health check for server relay/relay succeeded")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 
-    // curl from 127.0.0.5 through HAProxy and l4relay: nginx must answer with curl's own
-    // address and port, which curl reports itself.
-    let curl = program("curl", "curl");
-    let mut command = Command::new(&curl);
-    command.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "--interface",
-        "127.0.0.5",
-        "-w",
-        "local=%{local_ip}:%{local_port}\n",
-        &format!("http://{front}/"),
-    ]);
-    let output = run(command, Duration::from_secs(20)).await;
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "curl: {stderr}\n{stdout}");
-    let local = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("local="))
-        .unwrap_or_else(|| panic!("no local address from curl: {stdout}"))
-        .to_string();
-    assert!(local.starts_with("127.0.0.5:"), "{local}");
-    let seen = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("client="))
-        .unwrap_or("");
-    let seen_addr = seen.split_whitespace().next().unwrap_or("");
-    assert_eq!(
-        seen_addr, local,
-        "what nginx saw vs curl's address: {stdout}"
-    );
-    // The relay logged the same client (from HAProxy's header, CRC32C and unique-ID TLVs
-    // skipped or checked), and nginx's own access log has it too.
-    let line = log_for(&relay, &local).await;
-    assert_eq!(field(&line, "end"), Some("client_closed"), "{line}");
-    assert_eq!(field(&line, "vpce"), Some("-"), "{line}");
-    let nginx_line = std::fs::read_to_string(&access_log).unwrap_or_default();
-    assert!(
-        nginx_line.contains(&format!("client={local} peer=127.0.0.1")),
-        "nginx's access log: {nginx_line}"
-    );
+    // curl through HAProxy and l4relay: nginx must answer with curl's own address and port,
+    // which curl reports itself; over IPv4 and IPv6 with v2 headers, and with a v1 header.
+    for (front, interface, listener) in [
+        (fronts.v2, Some("127.0.0.5"), "nlb"),
+        (fronts.v2_ipv6, None, "nlb"),
+        (fronts.v1, Some("127.0.0.6"), "classic"),
+    ] {
+        let (client, seen) = through(front, interface).await;
+        let seen = seen.split(" vpce=").next().unwrap();
+        assert_eq!(
+            seen, client,
+            "what nginx saw vs curl's address ({listener})"
+        );
+        let (ip, port) = client.split_once(' ').unwrap();
+        let client = SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap());
+        if let Some(interface) = interface {
+            assert_eq!(client.ip().to_string(), interface);
+        }
+        // The relay logged the same client, and nginx's own access log has it too.
+        let line = log_for(&relay, client).await;
+        assert_eq!(field(&line, "listener"), Some(listener), "{line}");
+        assert_eq!(field(&line, "end"), Some("client_closed"), "{line}");
+        assert_eq!(field(&line, "vpce"), Some("-"), "{line}");
+        let log = std::fs::read_to_string(&access_log).unwrap_or_default();
+        assert!(
+            log.contains(&format!("nginx={ip} {port} peer=127.0.0.1")),
+            "nginx's access log: {log}"
+        );
+    }
 
     // A client that sends its own v2 header with the AWS VPC endpoint TLV (the NLB's job).
     let claimed: SocketAddr = "10.20.30.40:4321".parse().unwrap();
@@ -190,7 +227,7 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
         .unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(
-        response.contains(&format!("client={claimed}")),
+        response.contains(&format!("nginx={} {}", claimed.ip(), claimed.port())),
         "{response}"
     );
     // nginx has ended its side; the relay logs the connection once the client ends its own.
