@@ -76,7 +76,7 @@ impl Dnsmasq {
             args.push("--local-ttl=1".to_string());
         }
         args.extend(extra.iter().cloned());
-        let mut peer = Peer::spawn("dnsmasq", &program("dnsmasq", "dnsmasq"), &args, dir);
+        let mut peer = Peer::spawn("dnsmasq", &program("dnsmasq", "dnsmasq-base"), &args, dir);
         peer.wait_output(&format!("read {}", hosts.display()))
             .await?;
         Ok(Dnsmasq {
