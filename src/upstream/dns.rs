@@ -67,14 +67,6 @@ pub enum DnsFamily {
 }
 
 impl DnsFamily {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DnsFamily::Ipv4 => "ipv4",
-            DnsFamily::Ipv6 => "ipv6",
-            DnsFamily::Any => "any",
-        }
-    }
-
     /// Whether query `QUERIES[index]` is asked.
     fn asks(self, index: usize) -> bool {
         match self {
@@ -485,7 +477,7 @@ fn carry_failing_queries(
         let label = QUERIES[query].1;
         let Some(text) = failure else {
             if record.query_failing[query].take().is_some() && verdict.failure.is_none() {
-                note(false, format!("the {label} query answers again"));
+                note(false, format!("the {label} query no longer fails"));
             }
             continue;
         };
@@ -518,10 +510,8 @@ fn carry_failing_queries(
         if now.duration_since(since) < hold {
             held.extend(last);
         } else if !last.is_empty() {
-            note(
-                true,
-                format!("the {label} query has failed for longer than dns_hold ({hold:?}): dropping its last good addresses"
-            ));
+            let text = format!("the {label} query has failed for longer than dns_hold ({hold:?}): dropping its last good addresses");
+            note(true, text);
         }
     }
     held
@@ -748,7 +738,7 @@ mod tests {
         assert!(record.query_failing[V6].is_none());
         assert_eq!(
             notes.borrow()[2],
-            (false, "the AAAA query answers again".to_string())
+            (false, "the AAAA query no longer fails".to_string())
         );
 
         // An empty AAAA answer is an answer: nothing held.
