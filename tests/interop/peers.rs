@@ -297,3 +297,9 @@ pub fn text(output: &Output) -> (String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+#[test]
+#[should_panic(expected = "apt-get install -y no-such-package")]
+fn a_missing_program_fails_with_the_line_that_installs_it() {
+    program("l4relay-interop-no-such-program", "no-such-package");
+}

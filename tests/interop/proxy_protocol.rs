@@ -167,10 +167,11 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
     })
     .await;
 
-    let (listen, classic, admin, health) = (listen_addr(), listen_addr(), free_addr(), free_addr());
+    let (listen, classic, direct) = (listen_addr(), listen_addr(), listen_addr());
+    let (admin, health) = (free_addr(), free_addr());
     let relay = RelayProcess::start(&format!(
-        "[admin]\nlisten = \"{admin}\"\nhealth_listen = \"{health}\"\n\n[[listener]]\nname = \"nlb\"\nlisten = \"{listen}\"\npool = \"nginx\"\nproxy_protocol = \"v2\"\n\n[[listener]]\nname = \"classic\"\nlisten = \"{classic}\"\npool = \"nginx\"\nproxy_protocol = \"v1\"\n\n[[pool]]\nname = \"nginx\"\nsend_proxy = \"v2\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{}\"\n",
-        nginx_addrs[0]
+        "[admin]\nlisten = \"{admin}\"\nhealth_listen = \"{health}\"\n\n[[listener]]\nname = \"nlb\"\nlisten = \"{listen}\"\npool = \"nginx\"\nproxy_protocol = \"v2\"\n\n[[listener]]\nname = \"classic\"\nlisten = \"{classic}\"\npool = \"nginx\"\nproxy_protocol = \"v1\"\n\n[[listener]]\nname = \"direct\"\nlisten = \"{direct}\"\npool = \"nginx_v1\"\n\n[[pool]]\nname = \"nginx\"\nsend_proxy = \"v2\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{nginx}\"\n\n[[pool]]\nname = \"nginx_v1\"\nsend_proxy = \"v1\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{nginx}\"\n",
+        nginx = nginx_addrs[0]
     ));
     let (mut haproxy, fronts) = haproxy(&dir, (listen, classic), health).await;
     // HAProxy's health checks, each with a PROXY v2 header before the request, pass.
@@ -180,11 +181,14 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
         .unwrap_or_else(|e| panic!("{e}"));
 
     // curl through HAProxy and l4relay: nginx must answer with curl's own address and port,
-    // which curl reports itself; over IPv4 and IPv6 with v2 headers, and with a v1 header.
+    // which curl reports itself; over IPv4 and IPv6 with v2 headers, with a v1 header, and
+    // with the relay sending nginx v1.
     for (front, interface, listener) in [
         (fronts.v2, Some("127.0.0.5"), "nlb"),
         (fronts.v2_ipv6, None, "nlb"),
         (fronts.v1, Some("127.0.0.6"), "classic"),
+        // No HAProxy: the relay's own v1 header to nginx.
+        (direct, Some("127.0.0.7"), "direct"),
     ] {
         let (client, seen) = through(front, interface).await;
         let seen = seen.split(" vpce=").next().unwrap();
