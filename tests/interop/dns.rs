@@ -68,7 +68,7 @@ impl Dnsmasq {
             "--log-queries".to_string(),
             "--log-facility=-".to_string(),
         ];
-        if is_root() {
+        if crate::peers::is_root() {
             // Else it drops to "nobody", which may not read the test's hosts file.
             args.push("--user=root".to_string());
         }
@@ -108,11 +108,6 @@ impl Dnsmasq {
         let asked = format!("query[{qtype}] {name} from");
         self.peer.output().matches(&asked).count()
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// An upstream that writes its name and a newline, then echoes; on `addr`.

@@ -45,7 +45,11 @@ pub async fn start(
 fn config_text(dir: &Path, servers: &str) -> String {
     let dir = dir.display();
     // As root, the worker code would otherwise switch to "nobody" and lose the test's files.
-    let user = if is_root() { "user root;\n" } else { "" };
+    let user = if crate::peers::is_root() {
+        "user root;\n"
+    } else {
+        ""
+    };
     format!(
         "{user}master_process off;
 daemon off;
@@ -64,11 +68,6 @@ http {{
 }}
 "
     )
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// nginx's version as (major, minor, patch), from `nginx -v`.

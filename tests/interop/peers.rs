@@ -27,6 +27,13 @@ pub fn program(program: &str, package: &str) -> PathBuf {
     })
 }
 
+/// Whether the tests run as root (then nginx and dnsmasq are told to stay root rather than
+/// switch to a user that may not read the test's files).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// What `.ci/run` installs for this suite.
 pub const INSTALL: &str =
     "apt-get install -y haproxy nginx dnsmasq unbound prometheus curl openssl iperf3";
