@@ -11,7 +11,7 @@ use super::tls::read_pool_tls;
 use super::values::parse_duration;
 use super::values::{parse_host_name, parse_server_address, values};
 use crate::protocol::proxy_protocol::SendProxy;
-use crate::upstream::dns::{is_private, DnsConfig};
+use crate::upstream::dns::{is_private, DnsConfig, DnsFamily};
 use crate::upstream::health::{
     CheckKind, HealthConfig, HttpCheck, InitState, StatusRange, TlsCheck,
 };
@@ -141,6 +141,16 @@ pub(super) fn read_pool_dns(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>)
     let timeout = s.positive_duration(diag, "dns_timeout", Duration::from_secs(2));
     let nameservers = values(s.list(diag, "nameservers", parse_nameserver));
     let require_private = s.bool(diag, "require_private", false);
+    let family = s.choice(
+        diag,
+        "dns_family",
+        &[
+            ("ipv4", DnsFamily::Ipv4),
+            ("ipv6", DnsFamily::Ipv6),
+            ("any", DnsFamily::Any),
+        ],
+        DnsFamily::Any,
+    );
     if min_ttl < Duration::from_millis(100) {
         diag.error(
             &s.span(),
@@ -163,6 +173,7 @@ pub(super) fn read_pool_dns(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>)
         timeout,
         nameservers,
         require_private,
+        family,
     }
 }
 
@@ -452,6 +463,7 @@ on_down = "close"
 require_private = true
 nameservers = ["10.0.0.2", "10.0.0.3:5353"]
 dns_hold = "1m"
+dns_family = "ipv4"
   [pool.health]
   check = "http"
   path = "/openai/models"
@@ -480,6 +492,7 @@ dns_hold = "1m"
         assert_eq!(pool.dns.min_ttl, Duration::from_secs(1));
         assert_eq!(pool.dns.max_ttl, Duration::from_secs(300));
         assert_eq!(pool.dns.removed_grace, None);
+        assert_eq!(pool.dns.family, DnsFamily::Ipv4);
         let h = pool.health.as_ref().unwrap();
         assert_eq!(h.check, CheckKind::Http);
         assert_eq!(h.interval, Duration::from_secs(5));
@@ -505,6 +518,7 @@ dns_hold = "1m"
         assert!(c.pools[0].health.is_none());
         assert_eq!(c.pools[0].on_down, OnDown::Keep);
         assert_eq!(c.pools[0].slow_start, Duration::ZERO);
+        assert_eq!(c.pools[0].dns.family, DnsFamily::Any);
         assert!(c.admin.token.is_none());
     }
 

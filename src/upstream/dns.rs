@@ -3,13 +3,17 @@
 //!
 //! One refresher task per name runs on the control thread, with hickory's async resolver
 //! (/etc/resolv.conf, or the pool's `nameservers`), never getaddrinfo. Its own cache is off: the
-//! TTL the relay honours is the record's, clamped to `dns_min_ttl`..`dns_max_ttl`. A and AAAA
-//! are asked together and every address is a server of the pool.
+//! TTL the relay honours is the answer's, the lowest along the whole CNAME chain, clamped to
+//! `dns_min_ttl`..`dns_max_ttl`. A and AAAA are asked together (or one of them, `dns_family`)
+//! and every address is a server of the pool.
 //!
-//! A failed resolution (timeout, SERVFAIL, NXDOMAIN, an empty answer, or only public addresses
-//! under `require_private`) keeps the last good addresses for `dns_hold`, retrying every
-//! `dns_min_ttl`; after that the addresses go. Adding and removing servers is the pool's
-//! (`Pool::set_addresses`).
+//! A family that answers is a good answer: when the other one fails (REFUSED, SERVFAIL, a
+//! timeout: what dnsmasq without upstreams and some corporate resolvers say to AAAA), the
+//! failure is shown in /status and that family keeps its own last good addresses for
+//! `dns_hold`. Only when no family produces an address (a failure, NXDOMAIN, an empty answer,
+//! or only public addresses under `require_private`) does the name fail: its last good
+//! addresses are kept for `dns_hold`, retrying every `dns_min_ttl`; after that they go. Adding
+//! and removing servers is the pool's (`Pool::set_addresses`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +49,45 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
     /// Refuse addresses that are not private (RFC 1918, RFC 4193, 100.64/10, loopback).
     pub require_private: bool,
+    /// Which record types are asked for.
+    pub family: DnsFamily,
+}
+
+/// The address families a name is resolved to (`dns_family`): HAProxy's `resolve-prefer`,
+/// nginx's `ipv6=off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnsFamily {
+    /// A only.
+    Ipv4,
+    /// AAAA only.
+    Ipv6,
+    /// A and AAAA.
+    #[default]
+    Any,
+}
+
+impl DnsFamily {
+    /// Whether query `QUERIES[index]` is asked.
+    fn asks(self, index: usize) -> bool {
+        match self {
+            DnsFamily::Any => true,
+            DnsFamily::Ipv4 => index == V4,
+            DnsFamily::Ipv6 => index == V6,
+        }
+    }
+}
+
+/// The two queries of a resolution, and the index of each in an `Answer`.
+const QUERIES: [(RecordType, &str); 2] = [(RecordType::A, "A"), (RecordType::AAAA, "AAAA")];
+const V4: usize = 0;
+const V6: usize = 1;
+
+/// The index in `QUERIES` of the query an address comes from.
+fn query_of(ip: &IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(_) => V4,
+        IpAddr::V6(_) => V6,
+    }
 }
 
 /// True for addresses that never leave a private network: RFC 1918, RFC 6598 (100.64/10),
@@ -75,7 +118,7 @@ struct Record {
     addresses: Vec<IpAddr>,
     /// Addresses of the last answer that `require_private` refused.
     refused: Vec<IpAddr>,
-    /// The last good answer's TTL (its smallest record's), as received.
+    /// The last good answer's TTL (its smallest record's, CNAMEs included), as received.
     ttl: Option<Duration>,
     /// When the next resolution is due.
     next: Option<Instant>,
@@ -84,6 +127,9 @@ struct Record {
     last_good: Option<SystemTime>,
     /// Since when resolutions have failed; None while they succeed.
     failing_since: Option<Instant>,
+    /// Per query (A, AAAA): since when it has failed, and the latest reason; None while it
+    /// answers (records or none) or is not asked.
+    query_failing: [Option<(Instant, String)>; 2],
     /// Whether any answer (good or bad) has arrived.
     answered: bool,
 }
@@ -123,6 +169,20 @@ impl NameState {
     pub fn status(&self) -> serde_json::Value {
         let r = self.lock();
         let now = Instant::now();
+        let query_errors: serde_json::Map<String, serde_json::Value> = QUERIES
+            .iter()
+            .zip(&r.query_failing)
+            .filter_map(|((_, query), failing)| {
+                let (since, text) = failing.as_ref()?;
+                Some((
+                    query.to_string(),
+                    serde_json::json!({
+                        "error": text,
+                        "failing_for_secs": now.duration_since(*since).as_secs(),
+                    }),
+                ))
+            })
+            .collect();
         serde_json::json!({
             "server": &*self.server_name,
             "host": &*self.host,
@@ -133,6 +193,7 @@ impl NameState {
             "next_resolution_in_secs": r.next.map(|n| (n.saturating_duration_since(now).as_secs_f64() * 10.0).round() / 10.0),
             "last_result": r.last_result,
             "error": r.last_error,
+            "query_errors": query_errors,
             "last_good": r.last_good.map(crate::observe::access_log::rfc3339),
             "failing_for_secs": r.failing_since.map(|s| now.duration_since(s).as_secs()),
         })
@@ -147,6 +208,7 @@ pub fn spawn(pool: Arc<Pool>, index: usize) {
 async fn refresh(pool: Arc<Pool>, index: usize) {
     let mut stop = pool.stopped();
     let name = &pool.names[index];
+    let family = pool.config.dns.family;
     let resolver = match resolver(&pool.config.dns) {
         Ok(resolver) => resolver,
         Err(e) => {
@@ -164,18 +226,28 @@ async fn refresh(pool: Arc<Pool>, index: usize) {
             return;
         }
     };
-    // A name carried over a reload waits for its answer's refresh time.
-    let mut due = name.lock().next.unwrap_or_else(Instant::now);
+    // A name carried over a reload waits for its answer's refresh time, unless dns_family no
+    // longer asks for some of its addresses.
+    let mut due = {
+        let r = name.lock();
+        match r.next {
+            Some(next) if r.addresses.iter().all(|a| family.asks(query_of(a))) => next,
+            _ => Instant::now(),
+        }
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(due.into()) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
+        // A failure dates from the question: the resolver was gone when it was asked, not
+        // only once its timeouts ran out.
+        let asked = Instant::now();
         let answer = tokio::select! {
-            answer = lookup(&resolver, &name.host) => answer,
+            answer = lookup(&resolver, &name.host, family) => answer,
             _ = stop.wait_for(|stopped| *stopped) => return,
         };
-        due = apply(&pool, index, answer);
+        due = apply(&pool, index, answer, asked);
     }
 }
 
@@ -205,12 +277,15 @@ fn resolver(dns: &DnsConfig) -> Result<TokioResolver, String> {
     // The relay schedules by the records' TTLs itself; a cache would hand back old answers
     // when dns_max_ttl is below a record's TTL.
     options.cache_size = 0;
+    // The CNAMEs of a chain stay in the answer, so their TTLs count (hickory's default, relied
+    // on here).
+    options.preserve_intermediates = true;
     Ok(builder.build())
 }
 
-/// What one record type's query returned.
+/// What one query (A or AAAA) returned.
 #[derive(Debug)]
-enum Family {
+enum Reply {
     Records {
         addresses: Vec<IpAddr>,
         ttl: Duration,
@@ -224,22 +299,37 @@ enum Family {
     },
 }
 
-async fn lookup(resolver: &TokioResolver, host: &str) -> [Family; 2] {
-    let (v4, v6) = tokio::join!(
-        resolver.lookup(host, RecordType::A),
-        resolver.lookup(host, RecordType::AAAA)
-    );
-    [family(v4), family(v6)]
+/// The replies to a resolution's queries, A then AAAA; None for a query `dns_family` does not
+/// ask.
+type Answer = [Option<Reply>; 2];
+
+async fn lookup(resolver: &TokioResolver, host: &str, family: DnsFamily) -> Answer {
+    let ask = |index: usize| async move {
+        if !family.asks(index) {
+            return None;
+        }
+        Some(reply(resolver.lookup(host, QUERIES[index].0).await))
+    };
+    let (v4, v6) = tokio::join!(ask(V4), ask(V6));
+    [v4, v6]
 }
 
-fn family(result: Result<Lookup, ResolveError>) -> Family {
+fn reply(result: Result<Lookup, ResolveError>) -> Reply {
     match result {
         Ok(lookup) => {
+            // Every link of a CNAME chain counts towards the TTL: the chain is only as fresh
+            // as its shortest link (a 10 s CNAME before a 1-day A record is 10 s). The records
+            // carry their own TTLs, CNAMEs included; hickory's deadline is the same minimum,
+            // taken too in case a chain's CNAMEs were left out of the records.
+            let until_deadline = lookup
+                .valid_until()
+                .saturating_duration_since(Instant::now());
+            let deadline_secs =
+                until_deadline.as_secs() + u64::from(until_deadline.subsec_nanos() > 0);
+            let mut ttl = deadline_secs;
             let mut addresses = Vec::new();
-            let mut ttl: Option<u32> = None;
             for record in lookup.records() {
-                // CNAMEs count towards the TTL: the chain is only as fresh as its shortest link.
-                ttl = Some(ttl.map_or(record.ttl(), |t| t.min(record.ttl())));
+                ttl = ttl.min(u64::from(record.ttl()));
                 match record.data() {
                     RData::A(a) => addresses.push(IpAddr::V4(a.0)),
                     RData::AAAA(aaaa) => addresses.push(IpAddr::V6(aaaa.0)),
@@ -249,11 +339,11 @@ fn family(result: Result<Lookup, ResolveError>) -> Family {
             addresses.sort();
             addresses.dedup();
             if addresses.is_empty() {
-                Family::NoRecords { nxdomain: false }
+                Reply::NoRecords { nxdomain: false }
             } else {
-                Family::Records {
+                Reply::Records {
                     addresses,
-                    ttl: Duration::from_secs(u64::from(ttl.unwrap_or(0))),
+                    ttl: Duration::from_secs(ttl),
                 }
             }
         }
@@ -261,76 +351,96 @@ fn family(result: Result<Lookup, ResolveError>) -> Family {
     }
 }
 
-fn classify(e: &ResolveError) -> Family {
+fn classify(e: &ResolveError) -> Reply {
     let Some(proto) = e.proto() else {
-        return Family::Failed {
+        return Reply::Failed {
             kind: "error",
             text: e.to_string(),
         };
     };
     match proto.kind() {
         ProtoErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
-            ResponseCode::NXDomain => Family::NoRecords { nxdomain: true },
-            ResponseCode::NoError => Family::NoRecords { nxdomain: false },
-            ResponseCode::ServFail => Family::Failed {
+            ResponseCode::NXDomain => Reply::NoRecords { nxdomain: true },
+            ResponseCode::NoError => Reply::NoRecords { nxdomain: false },
+            ResponseCode::ServFail => Reply::Failed {
                 kind: "servfail",
                 text: "the nameserver answered SERVFAIL".to_string(),
             },
-            other => Family::Failed {
+            ResponseCode::Refused => Reply::Failed {
+                kind: "error",
+                text: "the nameserver answered REFUSED".to_string(),
+            },
+            other => Reply::Failed {
                 kind: "error",
                 text: format!("the nameserver answered {other}"),
             },
         },
-        ProtoErrorKind::Timeout => Family::Failed {
+        ProtoErrorKind::Timeout => Reply::Failed {
             kind: "timeout",
             text: "no answer from the nameservers (timeout)".to_string(),
         },
-        _ => Family::Failed {
+        _ => Reply::Failed {
             kind: "error",
             text: e.to_string(),
         },
     }
 }
 
-/// What an answer means for the name, from its two queries: a usable set of addresses, or
-/// why not.
+/// What an answer means for the name: a usable set of addresses, or why not.
 #[derive(Debug, PartialEq)]
 struct Verdict {
+    /// The fresh addresses: those of the queries that returned records.
     accepted: Vec<IpAddr>,
     refused: Vec<IpAddr>,
     ttl: Option<Duration>,
-    /// None: a good answer. Else a `telemetry::DNS_RESULTS` word and the text to show.
+    /// None: a good answer (some query produced a usable address). Else a
+    /// `telemetry::DNS_RESULTS` word and the text to show.
     failure: Option<(&'static str, String)>,
+    /// Per query (A, AAAA): why it failed, when it did. Beside a good answer from the other
+    /// query this is shown, not fatal.
+    query_failures: [Option<String>; 2],
 }
 
-fn judge(answer: [Family; 2], require_private: bool) -> Verdict {
+fn judge(answer: Answer, require_private: bool) -> Verdict {
+    let asked: Vec<&str> = QUERIES
+        .iter()
+        .zip(&answer)
+        .filter(|(_, reply)| reply.is_some())
+        .map(|((_, query), _)| *query)
+        .collect();
     let mut fresh = Vec::new();
     let mut ttl: Option<Duration> = None;
-    let mut failure = None;
+    let mut first_failure = None;
     let mut nxdomain = false;
-    for family in answer {
-        match family {
-            Family::Records { addresses, ttl: t } => {
+    let mut query_failures = [None, None];
+    for (index, reply) in answer.into_iter().enumerate() {
+        match reply {
+            None => {}
+            Some(Reply::Records { addresses, ttl: t }) => {
                 fresh.extend(addresses);
                 ttl = Some(ttl.map_or(t, |old| old.min(t)));
             }
-            Family::NoRecords { nxdomain: nx } => nxdomain |= nx,
-            Family::Failed { kind, text } => {
-                failure.get_or_insert((kind, text));
+            Some(Reply::NoRecords { nxdomain: nx }) => nxdomain |= nx,
+            Some(Reply::Failed { kind, text }) => {
+                first_failure.get_or_insert((kind, text.clone()));
+                query_failures[index] = Some(text);
             }
         }
     }
-    if failure.is_none() && fresh.is_empty() {
-        failure = Some(if nxdomain {
-            ("nxdomain", "no such name (NXDOMAIN)".to_string())
-        } else {
-            ("empty", "no A or AAAA records".to_string())
-        });
+    let mut failure = None;
+    if fresh.is_empty() {
+        failure = Some(first_failure.unwrap_or_else(|| {
+            if nxdomain {
+                ("nxdomain", "no such name (NXDOMAIN)".to_string())
+            } else {
+                ("empty", format!("no {} records", asked.join(" or ")))
+            }
+        }));
     }
     let (accepted, refused): (Vec<IpAddr>, Vec<IpAddr>) = fresh
         .into_iter()
         .partition(|ip| !require_private || is_private(*ip));
-    if failure.is_none() && accepted.is_empty() && !refused.is_empty() {
+    if failure.is_none() && accepted.is_empty() {
         failure = Some(("public_refused", public_refused(&refused)));
     }
     Verdict {
@@ -338,6 +448,7 @@ fn judge(answer: [Family; 2], require_private: bool) -> Verdict {
         refused,
         ttl,
         failure,
+        query_failures,
     }
 }
 
@@ -349,8 +460,65 @@ fn public_refused(refused: &[IpAddr]) -> String {
     )
 }
 
+/// Notes which queries fail, and returns the addresses that failing queries keep: while the
+/// other query answers, each failing one keeps its own last good addresses for `hold` (a
+/// resolver that times out on AAAA once does not empty the IPv6 half), counted from when the
+/// first failing query was `asked`. `note` gets what changed, once, and whether it is a
+/// warning.
+fn carry_failing_queries(
+    record: &mut Record,
+    verdict: &Verdict,
+    hold: Duration,
+    (asked, now): (Instant, Instant),
+    note: impl Fn(bool, String),
+) -> Vec<IpAddr> {
+    let mut held = Vec::new();
+    for (query, failure) in verdict.query_failures.iter().enumerate() {
+        let label = QUERIES[query].1;
+        let Some(text) = failure else {
+            if record.query_failing[query].take().is_some() && verdict.failure.is_none() {
+                note(false, format!("the {label} query no longer fails"));
+            }
+            continue;
+        };
+        let since = record.query_failing[query].as_ref().map_or(asked, |f| f.0);
+        // Said again when the name recovers on the other query after failing as a whole.
+        let changed = record.query_failing[query].as_ref().map(|f| &f.1) != Some(text)
+            || record.failing_since.is_some();
+        record.query_failing[query] = Some((since, text.clone()));
+        if verdict.failure.is_some() {
+            // The whole name failed: its own hold keeps every address.
+            continue;
+        }
+        let last: Vec<IpAddr> = record
+            .addresses
+            .iter()
+            .filter(|a| query_of(a) == query)
+            .copied()
+            .collect();
+        if changed {
+            let keeping = if last.is_empty() {
+                String::new()
+            } else {
+                format!(" and keeping its last addresses for up to {hold:?}")
+            };
+            note(
+                true,
+                format!("the {label} query failed ({text}); using the other answer{keeping}"),
+            );
+        }
+        if now.duration_since(since) < hold {
+            held.extend(last);
+        } else if !last.is_empty() {
+            let text = format!("the {label} query has failed for longer than dns_hold ({hold:?}): dropping its last good addresses");
+            note(true, text);
+        }
+    }
+    held
+}
+
 /// Records an answer, updates the pool's servers, and returns when to resolve next.
-fn apply(pool: &Arc<Pool>, index: usize, answer: [Family; 2]) -> Instant {
+fn apply(pool: &Arc<Pool>, index: usize, answer: Answer, asked: Instant) -> Instant {
     let dns = &pool.config.dns;
     let name = &pool.names[index];
     let verdict = judge(answer, dns.require_private);
@@ -363,6 +531,19 @@ fn apply(pool: &Arc<Pool>, index: usize, answer: [Family; 2]) -> Instant {
     let first = !std::mem::replace(&mut record.answered, true);
     record.last_result = Some(result);
     record.refused = verdict.refused.clone();
+    let held = carry_failing_queries(
+        &mut record,
+        &verdict,
+        dns.hold,
+        (asked, now),
+        |warning, text| {
+            if warning {
+                tracing::warn!(pool = %pool.name, server = %name.server_name, "{host}: {text}");
+            } else {
+                tracing::info!(pool = %pool.name, server = %name.server_name, "{host}: {text}");
+            }
+        },
+    );
     // Some: the pool's addresses for this name become these, removed ones for this reason.
     let mut new_set: Option<(Vec<IpAddr>, String)> = None;
     let wait = match verdict.failure {
@@ -377,9 +558,13 @@ fn apply(pool: &Arc<Pool>, index: usize, answer: [Family; 2]) -> Instant {
                 (!verdict.refused.is_empty()).then(|| public_refused(&verdict.refused));
             record.last_good = Some(SystemTime::now());
             record.ttl = verdict.ttl;
-            record.addresses = verdict.accepted.clone();
+            let mut addresses = verdict.accepted;
+            addresses.extend(held);
+            addresses.sort();
+            addresses.dedup();
+            record.addresses = addresses.clone();
             new_set = Some((
-                verdict.accepted,
+                addresses,
                 format!("DNS gone: {host} no longer resolves to it"),
             ));
             verdict
@@ -388,7 +573,7 @@ fn apply(pool: &Arc<Pool>, index: usize, answer: [Family; 2]) -> Instant {
                 .clamp(dns.min_ttl, dns.max_ttl)
         }
         Some((_, text)) => {
-            let since = *record.failing_since.get_or_insert(now);
+            let since = *record.failing_since.get_or_insert(asked);
             let held = !record.addresses.is_empty();
             if record.last_error.as_deref() != Some(text.as_str()) {
                 if held {
@@ -398,17 +583,11 @@ fn apply(pool: &Arc<Pool>, index: usize, answer: [Family; 2]) -> Instant {
                 }
             }
             record.last_error = Some(text.clone());
-            if !held {
-                // Nothing to keep: whatever part of the answer was usable is better than none.
-                if !verdict.accepted.is_empty() {
-                    record.addresses = verdict.accepted.clone();
-                    new_set = Some((verdict.accepted, format!("DNS gone: {text}")));
-                }
-            } else if now.duration_since(since) >= dns.hold {
+            if held && now.duration_since(since) >= dns.hold {
                 tracing::warn!(pool = %pool.name, server = %name.server_name, "{host}: failing for longer than dns_hold ({:?}): dropping its last good addresses", dns.hold);
-                record.addresses = verdict.accepted.clone();
+                record.addresses.clear();
                 new_set = Some((
-                    verdict.accepted,
+                    Vec::new(),
                     format!("DNS gone: {text} (for longer than dns_hold)"),
                 ));
             }
@@ -432,11 +611,30 @@ fn apply(pool: &Arc<Pool>, index: usize, answer: [Family; 2]) -> Instant {
 mod tests {
     use super::*;
 
-    fn records(ips: &[&str], ttl: u64) -> Family {
-        Family::Records {
+    fn records(ips: &[&str], ttl: u64) -> Option<Reply> {
+        Some(Reply::Records {
             addresses: ips.iter().map(|a| a.parse().unwrap()).collect(),
             ttl: Duration::from_secs(ttl),
-        }
+        })
+    }
+
+    fn none() -> Option<Reply> {
+        Some(Reply::NoRecords { nxdomain: false })
+    }
+
+    fn nxdomain() -> Option<Reply> {
+        Some(Reply::NoRecords { nxdomain: true })
+    }
+
+    fn failed(kind: &'static str) -> Option<Reply> {
+        Some(Reply::Failed {
+            kind,
+            text: format!("{kind} text"),
+        })
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
     }
 
     #[test]
@@ -451,20 +649,34 @@ mod tests {
     }
 
     #[test]
-    fn empty_nxdomain_and_failures() {
-        let none = || Family::NoRecords { nxdomain: false };
+    fn a_family_that_answers_is_a_good_answer_when_the_other_fails() {
+        // dnsmasq without upstreams answers AAAA with REFUSED; some resolvers SERVFAIL or
+        // time out. The A answer is good; the AAAA failure is shown beside it.
+        for kind in ["error", "servfail", "timeout"] {
+            let v = judge([records(&["10.0.0.1"], 5), failed(kind)], false);
+            assert_eq!(v.failure, None, "{kind}");
+            assert_eq!(v.accepted, ips(&["10.0.0.1"]));
+            assert_eq!(v.ttl, Some(Duration::from_secs(5)));
+            assert_eq!(v.query_failures, [None, Some(format!("{kind} text"))]);
+        }
+        let v = judge([failed("timeout"), records(&["fd00::1"], 5)], false);
+        assert_eq!(v.failure, None);
+        assert_eq!(v.query_failures, [Some("timeout text".to_string()), None]);
+    }
+
+    #[test]
+    fn no_addresses_from_any_family_is_a_failure() {
         assert_eq!(judge([none(), none()], false).failure.unwrap().0, "empty");
-        let nx = || Family::NoRecords { nxdomain: true };
-        assert_eq!(judge([nx(), nx()], false).failure.unwrap().0, "nxdomain");
-        let servfail = Family::Failed {
-            kind: "servfail",
-            text: "x".into(),
-        };
-        // A failure in one family makes the whole answer a failure, even with records in the
-        // other: the last good set is kept rather than half of it dropped.
-        let v = judge([records(&["10.0.0.1"], 5), servfail], false);
+        assert_eq!(
+            judge([nxdomain(), nxdomain()], false).failure.unwrap().0,
+            "nxdomain"
+        );
+        // A failure wins over an empty answer of the other family: it may be the one that
+        // would have had the records.
+        let v = judge([failed("servfail"), none()], false);
         assert_eq!(v.failure.unwrap().0, "servfail");
-        assert_eq!(v.accepted.len(), 1);
+        let v = judge([failed("timeout"), failed("servfail")], false);
+        assert_eq!(v.failure.unwrap(), ("timeout", "timeout text".to_string()));
         // AAAA empty for an IPv4-only name is normal.
         assert_eq!(
             judge([records(&["10.0.0.1"], 5), none()], false).failure,
@@ -473,35 +685,81 @@ mod tests {
     }
 
     #[test]
-    fn require_private_refuses_public_addresses() {
-        let v = judge(
-            [
-                records(&["8.8.8.8", "10.1.2.3"], 5),
-                Family::NoRecords { nxdomain: false },
-            ],
-            true,
-        );
+    fn dns_family_asks_one_query_and_says_which() {
+        assert!(DnsFamily::Ipv4.asks(V4) && !DnsFamily::Ipv4.asks(V6));
+        assert!(!DnsFamily::Ipv6.asks(V4) && DnsFamily::Ipv6.asks(V6));
+        assert!(DnsFamily::Any.asks(V4) && DnsFamily::Any.asks(V6));
+        let v = judge([none(), None], false);
+        assert_eq!(v.failure.unwrap(), ("empty", "no A records".to_string()));
+        let v = judge([None, none()], false);
+        assert_eq!(v.failure.unwrap(), ("empty", "no AAAA records".to_string()));
+        let v = judge([none(), none()], false);
+        assert_eq!(v.failure.unwrap().1, "no A or AAAA records");
+        let v = judge([None, records(&["fd00::2"], 7)], false);
         assert_eq!(v.failure, None);
-        assert_eq!(v.accepted, vec!["10.1.2.3".parse::<IpAddr>().unwrap()]);
-        assert_eq!(v.refused, vec!["8.8.8.8".parse::<IpAddr>().unwrap()]);
-        let v = judge(
-            [
-                records(&["8.8.8.8"], 5),
-                Family::NoRecords { nxdomain: false },
-            ],
-            true,
+        assert_eq!(v.accepted, ips(&["fd00::2"]));
+    }
+
+    #[test]
+    fn a_failing_query_keeps_its_own_last_addresses_for_dns_hold() {
+        let hold = Duration::from_secs(10);
+        let start = Instant::now();
+        let mut record = Record {
+            addresses: ips(&["10.0.0.1", "fd00::1"]),
+            ..Record::default()
+        };
+        let notes = std::cell::RefCell::new(Vec::new());
+        let note = |warning: bool, text: String| notes.borrow_mut().push((warning, text));
+
+        // AAAA fails while A answers: the IPv6 address stays, said once.
+        let v = judge([records(&["10.0.0.2"], 5), failed("timeout")], false);
+        let held = carry_failing_queries(&mut record, &v, hold, (start, start), note);
+        assert_eq!(held, ips(&["fd00::1"]));
+        assert_eq!(record.query_failing[V6].as_ref().unwrap().0, start);
+        let later = start + Duration::from_secs(5);
+        let held = carry_failing_queries(&mut record, &v, hold, (later, later), note);
+        assert_eq!(held, ips(&["fd00::1"]));
+        assert_eq!(record.query_failing[V6].as_ref().unwrap().0, start);
+        assert_eq!(notes.borrow().len(), 1, "{:?}", notes.borrow());
+        assert!(notes.borrow()[0]
+            .1
+            .contains("the AAAA query failed (timeout text)"));
+        assert!(notes.borrow()[0].1.contains("keeping its last addresses"));
+
+        // Past dns_hold: dropped.
+        let held = carry_failing_queries(&mut record, &v, hold, (start + hold, start + hold), note);
+        assert!(held.is_empty());
+        assert!(notes.borrow()[1].1.contains("longer than dns_hold"));
+
+        // Answers again: no longer failing.
+        let v = judge([records(&["10.0.0.2"], 5), records(&["fd00::3"], 5)], false);
+        let held = carry_failing_queries(&mut record, &v, hold, (start + hold, start + hold), note);
+        assert!(held.is_empty());
+        assert!(record.query_failing[V6].is_none());
+        assert_eq!(
+            notes.borrow()[2],
+            (false, "the AAAA query no longer fails".to_string())
         );
+
+        // An empty AAAA answer is an answer: nothing held.
+        let v = judge([records(&["10.0.0.2"], 5), none()], false);
+        assert!(carry_failing_queries(&mut record, &v, hold, (start, start), note).is_empty());
+    }
+
+    #[test]
+    fn require_private_refuses_public_addresses() {
+        let v = judge([records(&["8.8.8.8", "10.1.2.3"], 5), none()], true);
+        assert_eq!(v.failure, None);
+        assert_eq!(v.accepted, ips(&["10.1.2.3"]));
+        assert_eq!(v.refused, ips(&["8.8.8.8"]));
+        let v = judge([records(&["8.8.8.8"], 5), none()], true);
         let (kind, text) = v.failure.unwrap();
         assert_eq!(kind, "public_refused");
         assert!(text.contains("private DNS zone missing?"), "{text}");
         assert!(v.accepted.is_empty());
-        let v = judge(
-            [
-                records(&["8.8.8.8"], 5),
-                Family::NoRecords { nxdomain: false },
-            ],
-            false,
-        );
+        let v = judge([records(&["8.8.8.8"], 5), failed("error")], true);
+        assert_eq!(v.failure.unwrap().0, "public_refused");
+        let v = judge([records(&["8.8.8.8"], 5), none()], false);
         assert_eq!(v.failure, None, "without require_private any address goes");
     }
 

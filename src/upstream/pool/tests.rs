@@ -46,6 +46,7 @@ fn pool_config(balance: Balance, servers: &[(u32, bool, Option<u32>)]) -> PoolCo
             timeout: Duration::from_secs(2),
             nameservers: Vec::new(),
             require_private: false,
+            family: Default::default(),
         },
         health: None,
         tls: None,
