@@ -24,7 +24,7 @@ fn pool_config(balance: Balance, servers: &[(u32, bool, Option<u32>)]) -> PoolCo
             count: 1,
         },
         send_proxy: crate::protocol::proxy_protocol::SendProxy::Off,
-        source: None,
+        sources: Vec::new(),
         servers: servers
             .iter()
             .enumerate()
@@ -282,8 +282,8 @@ fn passive_failures_take_a_server_down_and_a_success_resets_the_count() {
         status.shown_reason()
     );
     // Checks bring it back after rise good ones.
-    assert!(pool.record_check(&s, Ok(()), Duration::from_millis(1)));
-    pool.record_check(&s, Ok(()), Duration::from_millis(1));
+    assert!(pool.record_check(&s, 0, Ok(()), Duration::from_millis(1)));
+    pool.record_check(&s, 0, Ok(()), Duration::from_millis(1));
     assert!(s.is_usable());
 }
 
@@ -304,7 +304,7 @@ fn servers_await_their_first_check_unless_init_state_is_up() {
     let pool = pool_with(config.clone());
     assert!(pool.pick(client(1), &[]).is_none(), "unknown: no traffic");
     assert_eq!(pool.pending.load(Ordering::Relaxed), 1);
-    pool.record_check(&pool.servers()[0], Ok(()), Duration::from_millis(1));
+    pool.record_check(&pool.servers()[0], 0, Ok(()), Duration::from_millis(1));
     assert!(
         pool.pick(client(1), &[]).is_some(),
         "one good check is enough"
@@ -326,7 +326,7 @@ async fn a_client_waits_for_the_first_checks_but_not_longer_than_the_check_timeo
     // waiting (no timing involved): the client must get the server.
     tokio::spawn(async move {
         let server = Arc::clone(&checker.servers()[0]);
-        checker.record_check(&server, Ok(()), Duration::from_millis(1));
+        checker.record_check(&server, 0, Ok(()), Duration::from_millis(1));
     });
     assert!(pool.pick_or_wait(client(1), &[]).await.is_some());
 
