@@ -99,6 +99,7 @@ async fn probe(
     let mut stream = crate::upstream::connect::open_from(server.addr, source)
         .await
         .map_err(|failure| connect_error(pool, server, failure))?;
+    crate::upstream::local::succeeded();
     send_proxy_header(pool, &mut stream).await?;
     match (config.check, &config.tls, &config.http) {
         (CheckKind::Tcp, _, _) => Ok(()),
