@@ -82,11 +82,12 @@ async fn out_of_descriptors_the_server_stays_up_and_service_comes_back() {
             .filter(|l| l.contains("end=connect_failed") && l.contains("detail=local_resource"))
             .count()
     };
+    let paused = format!("(out of resources; connections wait in the backlog) listener={main}");
     let spare = TcpStream::connect(idle).await.unwrap();
     let mut held = Vec::new();
     let mut idle_held = Vec::new();
-    loop {
-        assert!(held.len() < 200, "the relay never ran out of descriptors");
+    for attempt in 0.. {
+        assert!(attempt < 200, "the relay never ran out of descriptors");
         match ping(main, Duration::from_secs(2)).await {
             Ok(stream) => held.push(stream),
             Err(_) if local_refusals(&relay.access_log()) > 0 => {
@@ -94,7 +95,9 @@ async fn out_of_descriptors_the_server_stays_up_and_service_comes_back() {
                 break;
             }
             // Waiting in the backlog, given up: accepted later, it ends at once.
-            Err(_) => break,
+            Err(_) if relay.stderr().contains(&paused) => break,
+            // Only slow (a loaded machine): go on filling.
+            Err(_) => {}
         }
     }
     eprintln!(
