@@ -9,6 +9,8 @@
 //! atomic count (taken by a `SourceClaim` for the connection's life, so the hot path takes no
 //! lock), a gauge, and what the health checks through that source last said. A pool without
 //! `source` has one slot, the kernel's choice of address, counted all the same.
+//! A server that stays across a reload (same name, address and sources) keeps its slots, so
+//! its open connections go on counting where new ones are placed.
 //!
 //! Health checks leave from each source in turn. A source whose checks fail while another's
 //! pass (an Elastic IP missing from the upstream's allowlist: HTTP 403 through one, 200 through
@@ -73,19 +75,36 @@ impl PortRange {
     }
 }
 
-/// A pool's source addresses and the port range they have, shared by its servers.
+/// The port range in force, packed; 0 until first read. Read when a pool is built and by
+/// /status (an operator may widen it without a restart), not per connection. One per process,
+/// as the range is one per network namespace.
+static RANGE: AtomicU32 = AtomicU32::new(0);
+
+/// The port range as last read.
+fn range() -> PortRange {
+    match RANGE.load(Ordering::Relaxed) {
+        0 => refresh_range(),
+        packed => PortRange::unpack(packed),
+    }
+}
+
+fn refresh_range() -> PortRange {
+    let range = PortRange::current();
+    RANGE.store(range.pack(), Ordering::Relaxed);
+    range
+}
+
+/// A pool's source addresses, shared by its servers.
 pub struct Egress {
     /// Empty: the kernel chooses the address (one slot, shown as "default").
     addrs: Box<[IpAddr]>,
-    /// `PortRange` packed; read when the pool is built, refreshed by /status.
-    range: AtomicU32,
 }
 
 impl Egress {
     pub fn new(sources: &[IpAddr]) -> Egress {
+        refresh_range();
         Egress {
             addrs: sources.into(),
-            range: AtomicU32::new(PortRange::current().pack()),
         }
     }
 
@@ -106,20 +125,9 @@ impl Egress {
             .map_or_else(|| "default".to_string(), IpAddr::to_string)
     }
 
-    pub fn range(&self) -> PortRange {
-        PortRange::unpack(self.range.load(Ordering::Relaxed))
-    }
-
-    /// Reads the port range again (an operator may have widened it).
-    pub fn refresh(&self) -> PortRange {
-        let range = PortRange::current();
-        self.range.store(range.pack(), Ordering::Relaxed);
-        range
-    }
-
-    /// The pool's part of /status.
+    /// The pool's part of /status, with the port range read again.
     pub fn status(&self) -> serde_json::Value {
-        let range = self.range();
+        let range = refresh_range();
         serde_json::json!({
             "sources": self.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "port_range": [range.low, range.high],
@@ -305,7 +313,7 @@ impl SourceClaim {
         let slot = &server.sources.slots[index];
         let active = slot.active.fetch_add(1, Ordering::Relaxed) + 1;
         slot.gauge.increment(1.0);
-        let ports = server.sources.egress.range().ports();
+        let ports = range().ports();
         if f64::from(active) >= f64::from(ports) * CROWDED_SHARE
             && !slot.crowded.swap(true, Ordering::Relaxed)
         {
@@ -335,7 +343,7 @@ impl Drop for SourceClaim {
         let active = slot.active.fetch_sub(1, Ordering::Relaxed) - 1;
         slot.gauge.decrement(1.0);
         if slot.crowded.load(Ordering::Relaxed) {
-            let ports = self.server.sources.egress.range().ports();
+            let ports = range().ports();
             if f64::from(active) < f64::from(ports) * CALM_SHARE {
                 slot.crowded.store(false, Ordering::Relaxed);
             }

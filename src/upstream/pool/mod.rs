@@ -79,7 +79,7 @@ pub struct Server {
     /// Whether this pool ever closes this server's connections.
     can_close: bool,
     /// Connections and check results per source address of the pool.
-    pub(crate) sources: Sources,
+    pub(crate) sources: Arc<Sources>,
     pub metrics: Arc<ServerMetrics>,
 }
 
@@ -271,6 +271,16 @@ impl Pool {
             }
             status
         };
+        // The per-source counts of a server that stays go on, with its connections, as long
+        // as the sources do.
+        let same_sources = previous.is_some_and(|p| p.egress.addrs() == egress.addrs());
+        let sources_for = |name: &str, addr: SocketAddr| {
+            previous_servers
+                .iter()
+                .filter(|_| same_sources)
+                .find(|s| *s.name == *name && s.addr == addr && !s.is_removed())
+                .map(|s| Arc::clone(&s.sources))
+        };
 
         let mut servers = Vec::new();
         let mut names = Vec::new();
@@ -279,7 +289,7 @@ impl Pool {
             match &server.address {
                 ServerAddress::Ip(addr) => servers.push(new_server(
                     config,
-                    &egress,
+                    (&egress, sources_for(&server.name, *addr)),
                     server,
                     metrics,
                     *addr,
@@ -298,7 +308,7 @@ impl Pool {
                         let status = status_for(&server.name, addr);
                         servers.push(new_server(
                             config,
-                            &egress,
+                            (&egress, sources_for(&server.name, addr)),
                             server,
                             metrics,
                             addr,
@@ -446,7 +456,6 @@ impl Pool {
             })
             .collect();
         let dns: Vec<serde_json::Value> = self.names.iter().map(NameState::status).collect();
-        self.egress.refresh();
         serde_json::json!({
             "name": &*self.name,
             "balance": self.balance.as_str(),
@@ -669,7 +678,7 @@ impl Pool {
                 }
                 let server = new_server(
                     &self.config,
-                    &self.egress,
+                    (&self.egress, None),
                     config,
                     &self.server_metrics[&config.name],
                     addr,
@@ -832,9 +841,10 @@ fn initial_health(config: &PoolConfig) -> Health {
     }
 }
 
+/// `egress`: the pool's sources, and the slots a server that stays across a reload had.
 fn new_server(
     pool: &PoolConfig,
-    egress: &Arc<Egress>,
+    egress: (&Arc<Egress>, Option<Arc<Sources>>),
     config: &ServerConfig,
     metrics: &Arc<ServerMetrics>,
     addr: SocketAddr,
@@ -860,7 +870,9 @@ fn new_server(
         connect_failures: AtomicU32::new(0),
         closing: watch::Sender::new(false),
         can_close,
-        sources: Sources::new(egress, &metrics.sources),
+        sources: egress
+            .1
+            .unwrap_or_else(|| Arc::new(Sources::new(egress.0, &metrics.sources))),
         metrics: Arc::clone(metrics),
     })
 }

@@ -403,3 +403,25 @@ async fn dns_answers_add_and_remove_servers_and_tried_survives_a_change() {
     assert!(pool.pick(client(1), &[]).is_none());
     assert!(pool.servers().windows(2).all(|w| w[0].addr < w[1].addr));
 }
+
+#[test]
+fn per_source_counts_go_on_across_a_reload_while_the_sources_stay() {
+    use crate::upstream::egress::SourceClaim;
+    let mut config = pool_config(Balance::RoundRobin, &[(1, false, None)]);
+    config.sources = vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap()];
+    let old = Pool::build(&config, None);
+    let claim = SourceClaim::take(&old.servers()[0], 1);
+    let new = Pool::build(&config, Some(&old));
+    let server = &new.servers()[0];
+    assert_eq!((server.sources.active(0), server.sources.active(1)), (0, 1));
+    assert_eq!(server.sources.next(0), Some(0), "the used source last");
+    drop(claim);
+    assert_eq!(server.sources.active(1), 0);
+
+    // Other sources: counted afresh.
+    let claim = SourceClaim::take(&new.servers()[0], 0);
+    config.sources.pop();
+    let changed = Pool::build(&config, Some(&new));
+    assert_eq!(changed.servers()[0].sources.active(0), 0);
+    drop(claim);
+}
