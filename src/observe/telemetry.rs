@@ -72,6 +72,18 @@ pub const DNS_RESULTS: [&str; 7] = [
     "public_refused",
 ];
 
+/// The `kind` label of `l4relay_local_resource_errors_total`: the errno, lower case
+/// (`source_address`: bind's EADDRNOTAVAIL, an address not on the host).
+pub const LOCAL_RESOURCE_KINDS: [&str; 7] = [
+    "emfile",
+    "enfile",
+    "enobufs",
+    "enomem",
+    "eaddrnotavail",
+    "eaddrinuse",
+    "source_address",
+];
+
 /// Upstream connect time: 100 µs (same-AZ) to 10 s (a timing-out server).
 pub const CONNECT_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -202,6 +214,9 @@ fn describe() {
         counter!(CONFIG_RELOADS, "result" => result).absolute(0);
     }
     gauge!(DRAINING).set(0.0);
+    for kind in LOCAL_RESOURCE_KINDS {
+        counter!(LOCAL_RESOURCE_ERRORS, "kind" => kind).absolute(0);
+    }
     describe_gauge!(
         SERVER_STATE,
         "Addresses of the server in each state (up, down, draining, unknown)."

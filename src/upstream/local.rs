@@ -264,5 +264,11 @@ mod tests {
         assert_eq!(LocalResource::Ports.detail(), "source_ports_exhausted");
         assert_eq!(LocalResource::ProcessFiles.detail(), "local_resource");
         assert!(!LocalResource::Memory.is_per_destination());
+        let kinds: Vec<&str> = LocalResource::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            crate::observe::telemetry::LOCAL_RESOURCE_KINDS,
+            "the kinds registered at zero"
+        );
     }
 }
