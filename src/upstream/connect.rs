@@ -106,8 +106,9 @@ pub async fn attempt_tcp(
     server: &Arc<Server>,
 ) -> Result<(TcpStream, SourceClaim), AttemptResult> {
     let deadline = tokio::time::Instant::now() + pool.connect_timeout;
-    let mut tried = 0u64;
-    let mut local = None;
+    // Sources of the other IP family never reach this server; none left: no address to use.
+    let mut tried = server.sources.unusable_for(server.addr.ip());
+    let mut local = (tried != 0).then_some(LocalResource::SourceAddress);
     while let Some(index) = server.sources.next(tried) {
         tried |= 1 << index;
         // Counted before the connect, so that a burst of connects spreads over the sources.

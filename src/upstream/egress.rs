@@ -225,9 +225,26 @@ impl Sources {
                 .any(|s| s.check.load(Ordering::Relaxed) == PASSING)
     }
 
-    /// The source the `round`th health check leaves from: each in turn.
-    pub fn for_check(&self, round: u64) -> usize {
-        (round % self.slots.len() as u64) as usize
+    /// The slots (a bit each) whose address cannot reach `server`: of the other IP family.
+    pub fn unusable_for(&self, server: IpAddr) -> u64 {
+        self.egress
+            .addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| *i < 64 && a.is_ipv4() != server.is_ipv4())
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
+
+    /// The source the `round`th health check of `server` leaves from: each that can reach it
+    /// in turn.
+    pub fn for_check(&self, round: u64, server: IpAddr) -> usize {
+        let unusable = self.unusable_for(server);
+        let usable = (0..self.slots.len()).filter(|i| *i >= 64 || unusable & (1 << i) == 0);
+        let count = usable.clone().count() as u64;
+        if count == 0 {
+            return 0;
+        }
+        usable.clone().nth((round % count) as usize).unwrap_or(0)
     }
 
     /// Records a check through slot `index`; says whether it counts for the server.
@@ -395,7 +412,18 @@ mod tests {
         assert_eq!(s.next(0b010), Some(2));
         assert_eq!(s.next(0b110), Some(0));
         assert_eq!(s.next(0b111), None);
+        let mixed = Sources::new(
+            &Arc::new(Egress::new(&[
+                "10.0.1.10".parse().unwrap(),
+                "fd00::10".parse().unwrap(),
+            ])),
+            &[],
+        );
+        assert_eq!(mixed.unusable_for("10.0.2.1".parse().unwrap()), 0b10);
+        assert_eq!(mixed.unusable_for("fd00::1".parse().unwrap()), 0b01);
+        assert_eq!(mixed.next(0b10), Some(0));
         let none = sources(0);
+        assert_eq!(none.unusable_for("fd00::1".parse().unwrap()), 0);
         assert_eq!(none.next(0), Some(0), "one slot for the kernel's choice");
         assert_eq!(none.addr(0), None);
         assert_eq!(none.next(1), None);
@@ -436,8 +464,25 @@ mod tests {
     #[test]
     fn checks_go_through_each_source_in_turn() {
         let s = sources(3);
-        let order: Vec<usize> = (0..6).map(|r| s.for_check(r)).collect();
+        let v4: IpAddr = "10.0.2.1".parse().unwrap();
+        let order: Vec<usize> = (0..6).map(|r| s.for_check(r, v4)).collect();
         assert_eq!(order, [0, 1, 2, 0, 1, 2]);
-        assert_eq!(sources(0).for_check(7), 0);
+        assert_eq!(sources(0).for_check(7, v4), 0);
+        let mixed = Sources::new(
+            &Arc::new(Egress::new(&[
+                "10.0.1.10".parse().unwrap(),
+                "fd00::10".parse().unwrap(),
+                "10.0.1.11".parse().unwrap(),
+            ])),
+            &[],
+        );
+        let order: Vec<usize> = (0..4).map(|r| mixed.for_check(r, v4)).collect();
+        assert_eq!(
+            order,
+            [0, 2, 0, 2],
+            "only the sources of the server's family"
+        );
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(mixed.for_check(5, v6), 1);
     }
 }

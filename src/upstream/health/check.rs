@@ -54,6 +54,15 @@ pub async fn run(
     source: usize,
 ) -> Result<(), Reason> {
     let from = server.sources.addr(source);
+    if source < 64 && server.sources.unusable_for(server.addr.ip()) & (1 << source) != 0 {
+        return Err(Reason::new(
+            LOCAL_CHECK,
+            format!(
+                "not checked from source {}: another IP family than the server's",
+                from.map_or_else(String::new, |ip| ip.to_string())
+            ),
+        ));
+    }
     let result = run_from(pool, server, config, from).await;
     match (result, from) {
         (Err(mut reason), Some(ip)) => {

@@ -138,7 +138,7 @@ async fn run(pool: Arc<Pool>, server: Arc<Server>) {
             return;
         }
         let started = Instant::now();
-        let source = server.sources.for_check(round);
+        let source = server.sources.for_check(round, server.addr.ip());
         let result = tokio::select! {
             result = check::run(&pool, &server, &config, source) => result,
             _ = stop.wait_for(|stopped| *stopped) => return,
