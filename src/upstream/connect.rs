@@ -172,7 +172,7 @@ pub async fn send_first<W: AsyncWrite + Unpin>(
             Err((AttemptResult::Error, "write_error"))
         }
         Err(_) => {
-            tracing::warn!(pool = %pool.name, server = %server.name, addr = %server.addr, "the server took none of the connection's first {} bytes within {:?}", bytes.len(), pool.connect_timeout);
+            tracing::warn!(pool = %pool.name, server = %server.name, addr = %server.addr, "the server did not take the connection's first {} bytes within {:?}", bytes.len(), pool.connect_timeout);
             Err((AttemptResult::Timeout, "write_timeout"))
         }
     }
