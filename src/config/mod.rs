@@ -4,12 +4,14 @@
 //! `load` reports all problems at once (file, line, key), which is what `l4relay check` prints.
 //! Runtime objects (sockets, pools with live counters) are built from it elsewhere; this module
 //! does no I/O beyond reading the file (and the files it names: a health check's CA file, the
-//! admin token file, TLS certificates, keys and CA files, so `check` finds their problems) and
-//! never resolves DNS names. TLS files are turned into rustls configs here (`crate::tls`), so a
+//! admin token file, TLS certificates, keys and CA files, so `check` finds their problems; and
+//! the kernel's ephemeral port range, to warn when the source addresses cannot carry a
+//! listener's limit) and never resolves DNS names. TLS files are turned into rustls configs here (`crate::tls`), so a
 //! reload with a bad certificate fails like any other config error.
 
 mod admin;
 mod drain;
+mod egress;
 mod global;
 mod listener;
 mod pool;
@@ -226,6 +228,7 @@ fn read_config(
                     format!("{} is already used by another listener", l.listen.value),
                 );
             } else {
+                egress::warn_capacity(&section, diag, &l.config, &global, &pools);
                 listener_names.push(l.name.value.clone());
                 listen_addrs.push(l.listen.value);
                 listeners.push(l.config);

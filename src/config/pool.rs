@@ -1,7 +1,7 @@
 //! `[[pool]]` with its `[[pool.server]]`s, `[pool.health]` and DNS keys: the servers, how one is
 //! picked, and how they are checked and resolved. Its `[pool.tls]` is in `tls`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -52,11 +52,7 @@ pub(super) fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> 
         ],
         SendProxy::Off,
     );
-    let source = s.parsed(diag, "source", |v| {
-        v.parse::<std::net::IpAddr>().map_err(|_| {
-            format!("\"{v}\" is not an IP address (the local address to connect from)")
-        })
-    });
+    let sources = read_sources(s, diag);
     let slow_start = s.duration(diag, "slow_start", Duration::ZERO);
     let on_down = s.choice(
         diag,
@@ -120,7 +116,7 @@ pub(super) fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> 
             retries,
             keepalive,
             send_proxy,
-            source,
+            sources,
             servers,
             slow_start,
             on_down,
@@ -130,6 +126,39 @@ pub(super) fn read_pool(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> 
         },
         name,
     })
+}
+
+/// At most this many source addresses per pool (a bit each per connect attempt).
+pub const MAX_SOURCES: usize = 64;
+
+/// `source`: one address or a list, each an address of this host's to connect from.
+fn read_sources(s: &mut Section<'_, '_>, diag: &mut Diagnostics<'_>) -> Vec<IpAddr> {
+    let listed = s.one_or_list(diag, "source", |v| {
+        let ip = v.parse::<IpAddr>().map_err(|_| {
+            format!("\"{v}\" is not an IP address (a local address to connect from)")
+        })?;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(format!(
+                "{ip} is not an address of this host's to connect from"
+            ));
+        }
+        Ok(ip)
+    });
+    let mut sources: Vec<IpAddr> = Vec::with_capacity(listed.len());
+    for at in listed {
+        if sources.contains(&at.value) {
+            diag.error(&at.span, &at.key, format!("{} is listed twice", at.value));
+        } else if sources.len() == MAX_SOURCES {
+            diag.error(
+                &at.span,
+                &at.key,
+                format!("at most {MAX_SOURCES} source addresses"),
+            );
+        } else {
+            sources.push(at.value);
+        }
+    }
+    sources
 }
 
 /// The pool's `dns_*`, `nameservers` and `require_private` keys.

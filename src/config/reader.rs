@@ -357,6 +357,38 @@ impl<'t, 'i> Section<'t, 'i> {
         out
     }
 
+    /// One string or an array of strings (`source = "10.0.1.10"` or `source = ["10.0.1.10",
+    /// "10.0.1.11"]`), each parsed by `parse`.
+    pub fn one_or_list<T>(
+        &mut self,
+        diag: &mut Diagnostics<'_>,
+        key: &str,
+        mut parse: impl FnMut(&str) -> Result<T, String>,
+    ) -> Vec<At<T>> {
+        let single = self
+            .table
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .is_some_and(|(_, v)| matches!(v.get_ref(), DeValue::String(_)));
+        if !single {
+            return self.list(diag, key, parse);
+        }
+        let Some(at) = self.string(diag, key) else {
+            return Vec::new();
+        };
+        match parse(&at.value) {
+            Ok(value) => vec![At {
+                value,
+                span: at.span,
+                key: at.key,
+            }],
+            Err(message) => {
+                diag.error(&at.span, &at.key, message);
+                Vec::new()
+            }
+        }
+    }
+
     /// A sub-table (`[a.b]` or an inline table), if present.
     pub fn table(&mut self, diag: &mut Diagnostics<'_>, key: &str) -> Option<Section<'t, 'i>> {
         let (name, value) = self.take(key)?;

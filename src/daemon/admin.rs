@@ -570,7 +570,16 @@ fn status(state: &State) -> serde_json::Value {
         "connections": { "active": state.sessions.limit.active(), "max": state.sessions.limit.max() },
         "listeners": listeners_json,
         "pools": pools_seen,
+        "ephemeral_port_range": ephemeral_port_range(),
+        "local_resources": crate::upstream::local::status(),
     })
+}
+
+/// `net.ipv4.ip_local_port_range` as the relay sees it: the connections one source address can
+/// have to one server address.
+fn ephemeral_port_range() -> serde_json::Value {
+    let range = crate::upstream::egress::PortRange::current();
+    serde_json::json!({ "low": range.low, "high": range.high, "ports": range.ports() })
 }
 
 async fn respond(stream: &mut TcpStream, response: Response) {

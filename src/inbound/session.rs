@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::SockRef;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::inbound::limits::{ClientLimits, ClientPermits, Permit};
@@ -38,6 +37,7 @@ use crate::relay::{Ended, Relay, Running, Side};
 use crate::tls::PoolTls;
 use crate::tls::{self, Failure, Originated, Terminated};
 use crate::upstream::connect::{self, AttemptResult, ConnectError};
+use crate::upstream::egress::SourceClaim;
 use crate::upstream::pool::{Pool, Server, ServerLease};
 
 /// Why a connection ended.
@@ -65,6 +65,11 @@ pub enum End {
     TlsHandshakeError(&'static str),
     NoServer,
     ConnectFailed,
+    /// The connect failed for the reason named: the relay's own resources
+    /// (`local_resource`, `source_ports_exhausted`, `source_address_unavailable`), or a server
+    /// that took no first write in time (`write_timeout`, `write_error`). Logged and counted
+    /// as `connect_failed`.
+    Unconnected(&'static str),
     /// The TLS handshake with the server failed (a pool with TLS); how. Logged and counted as
     /// `connect_failed`, with the TLS reason as detail, like any failed connect.
     UpstreamTls(&'static str),
@@ -89,7 +94,7 @@ impl End {
             End::HandshakeTimeout => "handshake_timeout",
             End::TlsHandshakeError(_) => "tls_handshake_error",
             End::NoServer => "no_server",
-            End::ConnectFailed | End::UpstreamTls(_) => "connect_failed",
+            End::ConnectFailed | End::Unconnected(_) | End::UpstreamTls(_) => "connect_failed",
             End::ServerDown => "server_down",
         }
     }
@@ -101,6 +106,7 @@ impl End {
             | End::RefusedLimit(why)
             | End::ProxyHeaderError(why)
             | End::TlsHandshakeError(why)
+            | End::Unconnected(why)
             | End::UpstreamTls(why) => Some(why),
             _ => None,
         }
@@ -116,6 +122,7 @@ impl End {
             | End::TlsHandshakeError(_)
             | End::NoServer
             | End::ConnectFailed
+            | End::Unconnected(_)
             | End::UpstreamTls(_) => self.as_str(),
             _ => "relayed",
         }
@@ -362,7 +369,8 @@ impl Session {
     }
 
     /// Connects to a server of a plain pool (`connect::connect`: retries, counts, passive
-    /// health), then sends the PROXY header and what the client already sent in one write.
+    /// health), sending the PROXY header and what the client already sent in one write, which
+    /// is part of the attempt (bounded by the connect timeout).
     async fn connect_plain(
         &mut self,
         pool: &Pool,
@@ -370,19 +378,16 @@ impl Session {
         mut preamble: Vec<u8>,
         first_bytes: &[u8],
     ) -> Result<(ServerStream, ServerLease), End> {
-        let upstream = connect::connect(pool, client_ip)
-            .await
-            .map_err(|error| self.no_connection(pool, error, |()| End::ConnectFailed))?;
-        self.record_server(upstream.lease.server(), upstream.connect_time);
-        let mut stream = upstream.stream;
         preamble.extend_from_slice(first_bytes);
-        if !preamble.is_empty() {
-            if let Err(e) = stream.write_all(&preamble).await {
-                tracing::debug!(server = %upstream.lease.server().addr, "writing the connection's first bytes: {e}");
-                return Err(End::ServerReset);
-            }
-        }
-        Ok((ServerStream::Plain(stream), upstream.lease))
+        let upstream = connect::connect(pool, client_ip, &preamble)
+            .await
+            .map_err(|error| {
+                self.no_connection(pool, error, |detail| {
+                    detail.map_or(End::ConnectFailed, End::Unconnected)
+                })
+            })?;
+        self.record_server(upstream.lease.server(), upstream.connect_time);
+        Ok((ServerStream::Plain(upstream.stream), upstream.lease))
     }
 
     /// Connects to a server of a pool that originates TLS. As `connect::connect` does for plain
@@ -391,7 +396,7 @@ impl Session {
     /// whose handshake fails (an untrusted certificate, plain TCP where TLS was expected) is a
     /// failed connect like a refused one, counted under its `error` (or `timeout`) result, and
     /// the next attempt goes to another server. The connect time includes the handshake. Then
-    /// what the client already sent goes to the server.
+    /// what the client already sent goes to the server, still within the attempt.
     async fn connect_tls(
         &mut self,
         pool: &Pool,
@@ -402,47 +407,38 @@ impl Session {
     ) -> Result<(ServerStream, ServerLease), End> {
         let this = &*self;
         let attempt = |server: Arc<Server>| async move {
-            this.attempt_tls(pool, tls, &server, preamble).await
+            this.attempt_tls(pool, tls, &server, preamble, first_bytes)
+                .await
         };
         let upstream = connect::connect_with(pool, client_ip, attempt)
             .await
             .map_err(|error| self.no_connection(pool, error, |reason| reason))?;
-        let server = upstream.lease.server();
-        self.record_server(server, upstream.connect_time);
-        let mut stream = upstream.stream;
-        if !first_bytes.is_empty() {
-            let sent = async {
-                stream.write_all(first_bytes).await?;
-                stream.flush().await
-            };
-            if let Err(e) = sent.await {
-                tracing::debug!(server = %server.addr, "writing the connection's first bytes: {e}");
-                return Err(End::ServerReset);
-            }
-        }
-        Ok((ServerStream::Tls(stream), upstream.lease))
+        self.record_server(upstream.lease.server(), upstream.connect_time);
+        Ok((ServerStream::Tls(upstream.stream), upstream.lease))
     }
 
-    /// One attempt to a TLS server: TCP within the connect timeout, the PROXY header, then the
-    /// handshake. A failure: its result for the upstream counts, and how it ends the connection
-    /// if it is the last.
+    /// One attempt to a TLS server: TCP, the PROXY header, the handshake, then what the client
+    /// already sent, each within the connect timeout. A failure: its result for the upstream
+    /// counts, and how it ends the connection if it is the last.
     async fn attempt_tls(
         &self,
         pool: &Pool,
         tls: &PoolTls,
-        server: &Server,
+        server: &Arc<Server>,
         preamble: &[u8],
-    ) -> Result<Box<Originated>, (AttemptResult, End)> {
-        let mut stream = connect::attempt_tcp(pool, server)
+        first_bytes: &[u8],
+    ) -> Result<(Box<Originated>, SourceClaim), (AttemptResult, End)> {
+        let (mut stream, source) = connect::attempt_tcp(pool, server)
             .await
             .map_err(|result| (result, End::ConnectFailed))?;
-        if !preamble.is_empty() {
-            if let Err(e) = stream.write_all(preamble).await {
-                tracing::debug!(pool = %pool.name, server = %server.name, addr = %server.addr, "writing the PROXY header: {e}");
-                return Err((AttemptResult::Error, End::ConnectFailed));
-            }
-        }
-        self.originate(stream, tls, pool, server).await
+        connect::send_first(pool, server, &mut stream, preamble)
+            .await
+            .map_err(|(result, why)| (result, End::Unconnected(why)))?;
+        let mut stream = self.originate(stream, tls, pool, server).await?;
+        connect::send_first(pool, server, &mut stream, first_bytes)
+            .await
+            .map_err(|(result, why)| (result, End::Unconnected(why)))?;
+        Ok((stream, source))
     }
 
     /// TLS to the server, within the pool's connect timeout. A failure is logged with its
@@ -510,9 +506,24 @@ impl Session {
         error: ConnectError<E>,
         failed: impl FnOnce(E) -> End,
     ) -> End {
-        tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, "{}", describe(&error));
+        match &error {
+            // Logged once per episode where it began (`upstream::local`), not per client.
+            ConnectError::Failed {
+                last: AttemptResult::Local(_),
+                ..
+            } => {
+                tracing::debug!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, "{}", describe(&error))
+            }
+            _ => {
+                tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, "{}", describe(&error))
+            }
+        }
         match error {
             ConnectError::NoServer => End::NoServer,
+            ConnectError::Failed {
+                last: AttemptResult::Local(kind),
+                ..
+            } => End::Unconnected(kind.detail()),
             ConnectError::Failed { reason, .. } => failed(reason),
         }
     }
@@ -813,6 +824,12 @@ trait Describe {
 impl Describe for () {
     fn detail(&self) -> Option<&str> {
         None
+    }
+}
+
+impl Describe for Option<&'static str> {
+    fn detail(&self) -> Option<&str> {
+        *self
     }
 }
 

@@ -43,11 +43,14 @@ pub const HEALTH_CHECKS: &str = "l4relay_health_checks_total";
 pub const HEALTH_CHECK_SECONDS: &str = "l4relay_health_check_seconds";
 pub const DNS_RESOLUTIONS: &str = "l4relay_dns_resolutions_total";
 pub const DNS_ADDRESSES: &str = "l4relay_dns_addresses";
+pub const SOURCE_CONNECTIONS: &str = "l4relay_source_connections";
+pub const LOCAL_RESOURCE_ERRORS: &str = "l4relay_local_resource_errors_total";
 
 /// The `state` label of `l4relay_server_state`. `unknown`: awaiting its first health check.
 pub const SERVER_STATES: [&str; 4] = ["up", "down", "draining", "unknown"];
-/// The `result` label of `l4relay_health_checks_total`.
-pub const CHECK_RESULTS: [&str; 8] = [
+/// The `result` label of `l4relay_health_checks_total`. `local`: the check could not run for
+/// want of a local resource (a descriptor, a port); it counts for nothing.
+pub const CHECK_RESULTS: [&str; 9] = [
     "ok",
     "refused",
     "timeout",
@@ -56,6 +59,7 @@ pub const CHECK_RESULTS: [&str; 8] = [
     "http_status",
     "http_body",
     "firewall",
+    "local",
 ];
 /// The `result` label of `l4relay_dns_resolutions_total`.
 pub const DNS_RESULTS: [&str; 7] = [
@@ -66,6 +70,18 @@ pub const DNS_RESULTS: [&str; 7] = [
     "timeout",
     "error",
     "public_refused",
+];
+
+/// The `kind` label of `l4relay_local_resource_errors_total`: the errno, lower case
+/// (`source_address`: bind's EADDRNOTAVAIL, an address not on the host).
+pub const LOCAL_RESOURCE_KINDS: [&str; 7] = [
+    "emfile",
+    "enfile",
+    "enobufs",
+    "enomem",
+    "eaddrnotavail",
+    "eaddrinuse",
+    "source_address",
 ];
 
 /// Upstream connect time: 100 µs (same-AZ) to 10 s (a timing-out server).
@@ -198,6 +214,9 @@ fn describe() {
         counter!(CONFIG_RELOADS, "result" => result).absolute(0);
     }
     gauge!(DRAINING).set(0.0);
+    for kind in LOCAL_RESOURCE_KINDS {
+        counter!(LOCAL_RESOURCE_ERRORS, "kind" => kind).absolute(0);
+    }
     describe_gauge!(
         SERVER_STATE,
         "Addresses of the server in each state (up, down, draining, unknown)."
@@ -215,6 +234,14 @@ fn describe() {
     describe_gauge!(
         DNS_ADDRESSES,
         "Addresses a server's name resolves to now (after require_private)."
+    );
+    describe_gauge!(
+        SOURCE_CONNECTIONS,
+        "Connections open from each source address of a pool to a server (each of its addresses has the ephemeral port range to itself)."
+    );
+    describe_counter!(
+        LOCAL_RESOURCE_ERRORS,
+        "Connects and health checks that failed for want of the relay's own resources, by errno (emfile, enfile, enobufs, enomem, eaddrnotavail, eaddrinuse, source_address); never counted against a server."
     );
 }
 

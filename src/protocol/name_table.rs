@@ -37,6 +37,11 @@ impl NameTable {
         }
     }
 
+    /// Every pool a route leads to (with repeats).
+    pub fn pools(&self) -> impl Iterator<Item = usize> + '_ {
+        self.exact.values().chain(self.wildcard.values()).copied()
+    }
+
     /// The pool for `server_name`, if a route matches. `server_name` is already lowercase.
     pub fn find(&self, server_name: &str) -> Option<usize> {
         if let Some(&pool) = self.exact.get(server_name) {

@@ -6,7 +6,7 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use crate::observe::telemetry::{
     CHECK_RESULTS, DNS_ADDRESSES, DNS_RESOLUTIONS, DNS_RESULTS, HEALTH_CHECKS,
     HEALTH_CHECK_SECONDS, SERVER_ACTIVE, SERVER_STATE, SERVER_STATES, SERVER_UP,
-    UPSTREAM_CONNECTIONS, UPSTREAM_CONNECT_SECONDS, UPSTREAM_RETRIES,
+    SOURCE_CONNECTIONS, UPSTREAM_CONNECTIONS, UPSTREAM_CONNECT_SECONDS, UPSTREAM_RETRIES,
 };
 use crate::upstream::connect::AttemptResult;
 
@@ -21,10 +21,13 @@ pub struct ServerMetrics {
     pub states: [Gauge; SERVER_STATES.len()],
     /// Only for a server given by name.
     pub dns_addresses: Option<Gauge>,
+    /// Connections open from each source address of the pool (every address of the server).
+    pub sources: Vec<Gauge>,
 }
 
 impl ServerMetrics {
-    pub fn new(pool: &str, server: &str, by_name: bool) -> ServerMetrics {
+    /// `sources`: the `source` labels, one per source address of the pool.
+    pub fn new(pool: &str, server: &str, by_name: bool, sources: &[String]) -> ServerMetrics {
         let (p, s) = (pool.to_string(), server.to_string());
         let result = |r: AttemptResult| counter!(UPSTREAM_CONNECTIONS, "pool" => p.clone(), "server" => s.clone(), "result" => r.as_str());
         ServerMetrics {
@@ -38,7 +41,11 @@ impl ServerMetrics {
             active: gauge!(SERVER_ACTIVE, "pool" => p.clone(), "server" => s.clone()),
             checks: CHECK_RESULTS.map(|r| counter!(HEALTH_CHECKS, "pool" => p.clone(), "server" => s.clone(), "result" => r)),
             states: SERVER_STATES.map(|state| gauge!(SERVER_STATE, "pool" => p.clone(), "server" => s.clone(), "state" => state)),
-            dns_addresses: by_name.then(|| gauge!(DNS_ADDRESSES, "pool" => p, "server" => s)),
+            dns_addresses: by_name.then(|| gauge!(DNS_ADDRESSES, "pool" => p.clone(), "server" => s.clone())),
+            sources: sources
+                .iter()
+                .map(|source| gauge!(SOURCE_CONNECTIONS, "pool" => p.clone(), "source" => source.clone(), "server" => s.clone()))
+                .collect(),
         }
     }
 
@@ -49,12 +56,15 @@ impl ServerMetrics {
         }
     }
 
+    /// Counts an attempt that reached the network; a local failure is counted elsewhere
+    /// (`l4relay_local_resource_errors_total`).
     pub fn count_attempt(&self, result: AttemptResult) {
         let index = match result {
             AttemptResult::Ok => 0,
             AttemptResult::Refused => 1,
             AttemptResult::Timeout => 2,
             AttemptResult::Error => 3,
+            AttemptResult::Local(_) => return,
         };
         self.results[index].increment(1);
     }

@@ -1,9 +1,12 @@
-//! One health check of one server: connect as live traffic does (same source address), send
-//! the PROXY header the pool sends its servers, then a TLS handshake or an HTTP exchange when
-//! the check asks for one. The result is `Ok` or a `Reason` whose kind is a metric label and
-//! whose text is what /status shows.
+//! One health check of one server: connect as live traffic does (from one of the pool's source
+//! addresses, each in turn), send the PROXY header the pool sends its servers, then a TLS
+//! handshake or an HTTP exchange when the check asks for one. The result is `Ok` or a `Reason`
+//! whose kind is a metric label and whose text is what /status shows; a check that could not
+//! run for want of a local resource (a descriptor, a port) is `local`, which says nothing about
+//! the server.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +19,8 @@ use tokio_rustls::TlsConnector;
 use super::http;
 use crate::protocol::proxy_protocol;
 use crate::protocol::proxy_protocol::SendProxy;
+use crate::upstream::connect::Failure;
+use crate::upstream::egress::LOCAL_CHECK;
 use crate::upstream::health::CheckKind;
 use crate::upstream::health::HealthConfig;
 use crate::upstream::health::TlsCheck;
@@ -40,11 +45,46 @@ impl Stage {
     }
 }
 
-/// Checks `server` once, within the check timeout.
-pub async fn run(pool: &Pool, server: &Server, config: &HealthConfig) -> Result<(), Reason> {
+/// Checks `server` once, within the check timeout, from the pool's source `source` (its
+/// index). Where the pool has source addresses, a failure's text names the one it came from.
+pub async fn run(
+    pool: &Pool,
+    server: &Server,
+    config: &HealthConfig,
+    source: usize,
+) -> Result<(), Reason> {
+    let from = server.sources.addr(source);
+    if source < 64 && server.sources.unusable_for(server.addr.ip()) & (1 << source) != 0 {
+        return Err(Reason::new(
+            LOCAL_CHECK,
+            format!(
+                "not checked from source {}: another IP family than the server's",
+                from.map_or_else(String::new, |ip| ip.to_string())
+            ),
+        ));
+    }
+    let result = run_from(pool, server, config, from).await;
+    match (result, from) {
+        (Err(mut reason), Some(ip)) => {
+            reason.text = format!("{} (from source {ip})", reason.text);
+            Err(reason)
+        }
+        (result, _) => result,
+    }
+}
+
+async fn run_from(
+    pool: &Pool,
+    server: &Server,
+    config: &HealthConfig,
+    source: Option<IpAddr>,
+) -> Result<(), Reason> {
     let mut stage = Stage::Connect;
-    let outcome =
-        tokio::time::timeout(config.timeout, probe(pool, server, config, &mut stage)).await;
+    let outcome = tokio::time::timeout(
+        config.timeout,
+        probe(pool, server, config, source, &mut stage),
+    )
+    .await;
     match outcome {
         Ok(result) => result,
         Err(_) => Err(Reason::new(
@@ -62,11 +102,13 @@ async fn probe(
     pool: &Pool,
     server: &Server,
     config: &HealthConfig,
+    source: Option<IpAddr>,
     stage: &mut Stage,
 ) -> Result<(), Reason> {
-    let mut stream = crate::upstream::connect::open(server.addr, pool)
+    let mut stream = crate::upstream::connect::open_from(server.addr, source)
         .await
-        .map_err(connect_error)?;
+        .map_err(|failure| connect_error(pool, server, failure))?;
+    crate::upstream::local::succeeded();
     send_proxy_header(pool, &mut stream).await?;
     match (config.check, &config.tls, &config.http) {
         (CheckKind::Tcp, _, _) => Ok(()),
@@ -144,11 +186,28 @@ fn server_name(server: &Server, tls: &TlsCheck) -> Result<ServerName<'static>, R
     }
 }
 
-fn connect_error(e: io::Error) -> Reason {
-    if e.kind() == io::ErrorKind::ConnectionRefused {
-        Reason::new("refused", "connection refused")
-    } else {
-        Reason::new("error", format!("connect: {e}"))
+fn connect_error(pool: &Pool, server: &Server, failure: Failure) -> Reason {
+    match failure {
+        Failure::Local(kind) => {
+            crate::upstream::local::failed(
+                kind,
+                format_args!(
+                    "health-checking {} (pool {}, server {})",
+                    server.addr, pool.name, server.name
+                ),
+            );
+            Reason::new(
+                LOCAL_CHECK,
+                format!(
+                    "not checked: {} (not counted against the server)",
+                    kind.describe()
+                ),
+            )
+        }
+        Failure::Peer(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Reason::new("refused", "connection refused")
+        }
+        Failure::Peer(e) => Reason::new("error", format!("connect: {e}")),
     }
 }
 

@@ -7,6 +7,10 @@
 //! `jitter`. The first check runs at once, so a starting relay knows its servers within one
 //! check timeout. Passive detection (failed live connects) lives in the pool; it only needs
 //! these checks to bring a server back.
+//!
+//! Checks leave from the pool's source addresses in turn (`egress`), so an address missing from
+//! an upstream's allowlist shows by name; a check that could not run for want of a local
+//! resource (descriptors, ports) is shown, logged once, and leaves the server's state alone.
 
 mod check;
 mod http;
@@ -128,16 +132,28 @@ async fn run(pool: Arc<Pool>, server: Arc<Server>) {
         return;
     };
     let mut stop = pool.stopped();
-    loop {
+    let mut local_logged = false;
+    for round in 0u64.. {
         if *stop.borrow() || server.status().removed.is_some() {
             return;
         }
         let started = Instant::now();
+        let source = server.sources.for_check(round, server.addr.ip());
         let result = tokio::select! {
-            result = check::run(&pool, &server, &config) => result,
+            result = check::run(&pool, &server, &config, source) => result,
             _ = stop.wait_for(|stopped| *stopped) => return,
         };
-        let changing = pool.record_check(&server, result, started.elapsed());
+        // Once per run of checks that could not run: why the server's state stands still.
+        match &result {
+            Err(reason) if reason.kind == crate::upstream::egress::LOCAL_CHECK => {
+                if !local_logged {
+                    local_logged = true;
+                    tracing::warn!(pool = %pool.name, server = %server.name, address = %server.addr, "health check could not run, {}", reason.text);
+                }
+            }
+            _ => local_logged = false,
+        }
+        let changing = pool.record_check(&server, source, result, started.elapsed());
         let interval = if changing {
             config.fast_interval
         } else {

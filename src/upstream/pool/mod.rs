@@ -38,6 +38,7 @@ use crate::protocol::proxy_protocol::SendProxy;
 use crate::relay::sockopt::Keepalive;
 use crate::upstream::connect::AttemptResult;
 use crate::upstream::dns::NameState;
+use crate::upstream::egress::{Egress, SourceClaim, Sources, Verdict};
 use crate::upstream::health::InitState;
 use crate::upstream::metrics::{PoolMetrics, ServerMetrics};
 use crate::upstream::pool::balance::Balance;
@@ -77,6 +78,8 @@ pub struct Server {
     closing: watch::Sender<bool>,
     /// Whether this pool ever closes this server's connections.
     can_close: bool,
+    /// Connections and check results per source address of the pool.
+    pub(crate) sources: Arc<Sources>,
     pub metrics: Arc<ServerMetrics>,
 }
 
@@ -149,6 +152,7 @@ impl Server {
         self.metrics.active.increment(1.0);
         Some(ServerLease {
             server: Arc::clone(self),
+            source: None,
         })
     }
 }
@@ -169,14 +173,21 @@ impl Clock {
     }
 }
 
-/// One active connection's claim on a server; released on drop.
+/// One active connection's claim on a server (and on the source address it left from);
+/// released on drop.
 pub struct ServerLease {
     server: Arc<Server>,
+    source: Option<SourceClaim>,
 }
 
 impl ServerLease {
     pub fn server(&self) -> &Arc<Server> {
         &self.server
+    }
+
+    /// Keeps the connection's place on its source address for as long as the lease.
+    pub fn hold_source(&mut self, claim: SourceClaim) {
+        self.source = Some(claim);
     }
 }
 
@@ -194,7 +205,8 @@ pub struct Pool {
     pub retries: u32,
     pub keepalive: Keepalive,
     pub send_proxy: SendProxy,
-    pub source: Option<IpAddr>,
+    /// The source addresses connections leave from, and their port range.
+    pub egress: Arc<Egress>,
     pub metrics: PoolMetrics,
     /// The whole config (health checks and DNS read it).
     pub config: PoolConfig,
@@ -229,12 +241,14 @@ impl Pool {
     /// address) and the last DNS answers of names that stay, so a reload does not send every
     /// server back to "unknown".
     pub fn build(config: &PoolConfig, previous: Option<&Pool>) -> Pool {
+        let egress = Arc::new(Egress::new(&config.sources));
+        let source_labels: Vec<String> = (0..egress.slots()).map(|i| egress.label(i)).collect();
         let server_metrics: HashMap<String, Arc<ServerMetrics>> = config
             .servers
             .iter()
             .map(|s| {
                 let by_name = matches!(s.address, ServerAddress::Name { .. });
-                let metrics = ServerMetrics::new(&config.name, &s.name, by_name);
+                let metrics = ServerMetrics::new(&config.name, &s.name, by_name, &source_labels);
                 (s.name.clone(), Arc::new(metrics))
             })
             .collect();
@@ -257,6 +271,16 @@ impl Pool {
             }
             status
         };
+        // The per-source counts of a server that stays go on, with its connections, as long
+        // as the sources do.
+        let same_sources = previous.is_some_and(|p| p.egress.addrs() == egress.addrs());
+        let sources_for = |name: &str, addr: SocketAddr| {
+            previous_servers
+                .iter()
+                .filter(|_| same_sources)
+                .find(|s| *s.name == *name && s.addr == addr && !s.is_removed())
+                .map(|s| Arc::clone(&s.sources))
+        };
 
         let mut servers = Vec::new();
         let mut names = Vec::new();
@@ -265,6 +289,7 @@ impl Pool {
             match &server.address {
                 ServerAddress::Ip(addr) => servers.push(new_server(
                     config,
+                    (&egress, sources_for(&server.name, *addr)),
                     server,
                     metrics,
                     *addr,
@@ -283,6 +308,7 @@ impl Pool {
                         let status = status_for(&server.name, addr);
                         servers.push(new_server(
                             config,
+                            (&egress, sources_for(&server.name, addr)),
                             server,
                             metrics,
                             addr,
@@ -333,7 +359,7 @@ impl Pool {
             retries: config.retries,
             keepalive: config.keepalive.clone(),
             send_proxy: config.send_proxy,
-            source: config.source,
+            egress,
             metrics: PoolMetrics::new(&config.name),
             config: config.clone(),
             servers: ArcSwap::from_pointee(servers),
@@ -425,6 +451,7 @@ impl Pool {
                     "backup": s.backup,
                     "max_connections": s.max_connections,
                     "last_check": last_check,
+                    "sources": s.sources.status(),
                 })
             })
             .collect();
@@ -435,6 +462,7 @@ impl Pool {
             "health_check": self.config.health.as_ref().map(|h| h.check.as_str()),
             "servers": servers,
             "dns": dns,
+            "egress": self.egress.status(),
         })
     }
 
@@ -500,8 +528,12 @@ impl Pool {
 
     /// Passive detection: counts a live connect attempt's result; `passive_fall` failures in a
     /// row take the server down before its next check would. A relaxed atomic per attempt; the
-    /// state lock only at the transition.
+    /// state lock only at the transition. A failure for want of a local resource (descriptors,
+    /// ports) is the relay's, not the server's: it counts for nothing.
     pub fn record_connect(&self, server: &Server, result: AttemptResult) {
+        if matches!(result, AttemptResult::Local(_)) {
+            return;
+        }
         if result == AttemptResult::Ok {
             if server.connect_failures.load(Ordering::Relaxed) != 0 {
                 server.connect_failures.store(0, Ordering::Relaxed);
@@ -531,11 +563,14 @@ impl Pool {
         }
     }
 
-    /// Applies a health check's result; returns whether the server is changing state (the
-    /// next check then comes at the fast interval).
+    /// Applies a health check's result, made through the pool's source `source`; returns
+    /// whether the server is changing state (the next check then comes at the fast interval).
+    /// A check that could not run for want of a local resource, or that failed through one
+    /// source while another's checks pass, is shown but leaves the server's state alone.
     pub(crate) fn record_check(
         &self,
         server: &Server,
+        source: usize,
         result: Result<(), Reason>,
         latency: Duration,
     ) -> bool {
@@ -546,6 +581,7 @@ impl Pool {
         server.metrics.count_check(kind);
         self.metrics.check_time.record(latency.as_secs_f64());
         let (rise, fall) = (health.rise, health.fall);
+        let verdict = server.sources.observe_check(source, &result);
         let mut changing = false;
         self.update(server, |status| {
             status.last_check = Some(LastCheck {
@@ -554,6 +590,10 @@ impl Pool {
                 latency,
                 at: SystemTime::now(),
             });
+            if verdict == Verdict::SourceOnly {
+                changing = status.changing();
+                return None;
+            }
             let change = status.observe_check(result, rise, fall);
             changing = status.changing();
             change
@@ -638,6 +678,7 @@ impl Pool {
                 }
                 let server = new_server(
                     &self.config,
+                    (&self.egress, None),
                     config,
                     &self.server_metrics[&config.name],
                     addr,
@@ -800,8 +841,10 @@ fn initial_health(config: &PoolConfig) -> Health {
     }
 }
 
+/// `egress`: the pool's sources, and the slots a server that stays across a reload had.
 fn new_server(
     pool: &PoolConfig,
+    egress: (&Arc<Egress>, Option<Arc<Sources>>),
     config: &ServerConfig,
     metrics: &Arc<ServerMetrics>,
     addr: SocketAddr,
@@ -827,6 +870,9 @@ fn new_server(
         connect_failures: AtomicU32::new(0),
         closing: watch::Sender::new(false),
         can_close,
+        sources: egress
+            .1
+            .unwrap_or_else(|| Arc::new(Sources::new(egress.0, &metrics.sources))),
         metrics: Arc::clone(metrics),
     })
 }

@@ -20,8 +20,9 @@ pub struct PoolConfig {
     pub keepalive: Keepalive,
     /// PROXY protocol header sent to servers, carrying the real client.
     pub send_proxy: SendProxy,
-    /// Local address outgoing connections are bound to (the stable egress address).
-    pub source: Option<IpAddr>,
+    /// Local addresses outgoing connections are bound to (the stable egress addresses an
+    /// upstream allowlists), spread over; empty: the kernel chooses.
+    pub sources: Vec<IpAddr>,
     pub servers: Vec<ServerConfig>,
     /// A server coming back ramps its weight from almost nothing to full over this long; zero:
     /// off.

@@ -24,7 +24,7 @@ fn pool_config(balance: Balance, servers: &[(u32, bool, Option<u32>)]) -> PoolCo
             count: 1,
         },
         send_proxy: crate::protocol::proxy_protocol::SendProxy::Off,
-        source: None,
+        sources: Vec::new(),
         servers: servers
             .iter()
             .enumerate()
@@ -283,8 +283,8 @@ fn passive_failures_take_a_server_down_and_a_success_resets_the_count() {
         status.shown_reason()
     );
     // Checks bring it back after rise good ones.
-    assert!(pool.record_check(&s, Ok(()), Duration::from_millis(1)));
-    pool.record_check(&s, Ok(()), Duration::from_millis(1));
+    assert!(pool.record_check(&s, 0, Ok(()), Duration::from_millis(1)));
+    pool.record_check(&s, 0, Ok(()), Duration::from_millis(1));
     assert!(s.is_usable());
 }
 
@@ -305,7 +305,7 @@ fn servers_await_their_first_check_unless_init_state_is_up() {
     let pool = pool_with(config.clone());
     assert!(pool.pick(client(1), &[]).is_none(), "unknown: no traffic");
     assert_eq!(pool.pending.load(Ordering::Relaxed), 1);
-    pool.record_check(&pool.servers()[0], Ok(()), Duration::from_millis(1));
+    pool.record_check(&pool.servers()[0], 0, Ok(()), Duration::from_millis(1));
     assert!(
         pool.pick(client(1), &[]).is_some(),
         "one good check is enough"
@@ -327,7 +327,7 @@ async fn a_client_waits_for_the_first_checks_but_not_longer_than_the_check_timeo
     // waiting (no timing involved): the client must get the server.
     tokio::spawn(async move {
         let server = Arc::clone(&checker.servers()[0]);
-        checker.record_check(&server, Ok(()), Duration::from_millis(1));
+        checker.record_check(&server, 0, Ok(()), Duration::from_millis(1));
     });
     assert!(pool.pick_or_wait(client(1), &[]).await.is_some());
 
@@ -403,4 +403,26 @@ async fn dns_answers_add_and_remove_servers_and_tried_survives_a_change() {
     assert!(pool.servers().iter().all(|s| !s.is_usable()));
     assert!(pool.pick(client(1), &[]).is_none());
     assert!(pool.servers().windows(2).all(|w| w[0].addr < w[1].addr));
+}
+
+#[test]
+fn per_source_counts_go_on_across_a_reload_while_the_sources_stay() {
+    use crate::upstream::egress::SourceClaim;
+    let mut config = pool_config(Balance::RoundRobin, &[(1, false, None)]);
+    config.sources = vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap()];
+    let old = Pool::build(&config, None);
+    let claim = SourceClaim::take(&old.servers()[0], 1);
+    let new = Pool::build(&config, Some(&old));
+    let server = &new.servers()[0];
+    assert_eq!((server.sources.active(0), server.sources.active(1)), (0, 1));
+    assert_eq!(server.sources.next(0), Some(0), "the used source last");
+    drop(claim);
+    assert_eq!(server.sources.active(1), 0);
+
+    // Other sources: counted afresh.
+    let claim = SourceClaim::take(&new.servers()[0], 0);
+    config.sources.pop();
+    let changed = Pool::build(&config, Some(&new));
+    assert_eq!(changed.servers()[0].sources.active(0), 0);
+    drop(claim);
 }
