@@ -6,10 +6,14 @@
   the stack means: it is run through bash with sample parameters, parsed, and validated with
   `l4relay check` when a built binary is at hand (L4RELAY_BIN, target/release, target/debug, PATH).
 - The lifecycle function's environment names are the ones eip_pool.Config reads.
+- The function's Lambda runtime is not within half a year of its deprecation, by the dates of the
+  installed cfn-lint (which itself warns only once the date has passed, and errors only once AWS
+  refuses to create the function). `python deploy/test_template.py --runtime-dates` prints them.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shutil
@@ -20,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cfnlint.data import AdditionalSpecs
 from cfnlint.decode import decode
+from cfnlint.helpers import load_resource
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -106,6 +112,35 @@ def test_the_lifecycle_function_environment_matches_its_config(template):
     env = resource(template, "LifecycleFunction")["Environment"]["Variables"]
     read = set(re.findall(r'env(?:\.get)?[\[(]"([A-Z_]+)"', Path(eip_pool.__file__).read_text()))
     assert read == set(env), (read, set(env))
+
+
+# --- Lambda runtime ---------------------------------------------------------------------------
+
+# Time to move to a newer runtime before AWS deprecates this one (and then blocks creating it).
+RUNTIME_NOTICE = datetime.timedelta(days=180)
+
+
+def runtime_dates(runtime: str) -> dict[str, str] | None:
+    """cfn-lint's lifecycle dates of a Lambda runtime: deprecated, create-block, update-block."""
+    return load_resource(AdditionalSpecs, "LmbdRuntimeLifecycle.json").get(runtime)
+
+
+def test_the_lambda_runtime_is_far_from_its_deprecation(template):
+    runtime = resource(template, "LifecycleFunction")["Runtime"]
+    assert runtime.startswith("python3."), "eip_pool.py is Python"
+    dates = runtime_dates(runtime)
+    assert dates is not None, f"cfn-lint has no lifecycle dates for {runtime}: pick a runtime it knows"
+    deprecated = datetime.date.fromisoformat(dates["deprecated"])
+    assert datetime.date.today() + RUNTIME_NOTICE < deprecated, (
+        f"Lambda deprecates {runtime} on {deprecated} (creation blocked {dates['create-block']}): "
+        f"move LifecycleFunction to {dates.get('successor') or 'a newer runtime'}")
+
+
+def test_cfn_lint_knows_the_retired_runtimes():
+    """The installed cfn-lint carries deprecation data at all (an old or broken install would let a
+    retired runtime through silently)."""
+    for retired in ("python3.8", "python3.9"):
+        assert datetime.date.fromisoformat(runtime_dates(retired)["deprecated"]) <= datetime.date.today()
 
 
 # --- user data --------------------------------------------------------------------------------
@@ -197,3 +232,12 @@ def test_user_data_refuses_a_bad_port_range(template, drain, first, last):
 def test_user_data_fits_the_16_kib_limit(template, drain):
     header, body = user_data(template)
     assert len((header + body).encode()) < 16 * 1024
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--runtime-dates"]:
+    tpl, errors = decode(str(HERE / "l4relay.yaml"))
+    if errors:
+        sys.exit(f"cannot read deploy/l4relay.yaml: {errors}")
+    name = tpl["Resources"]["LifecycleFunction"]["Properties"]["Runtime"]
+    dates = runtime_dates(name)
+    print(f"Lambda runtime {name}: " + (", ".join(f"{k} {v}" for k, v in dates.items()) if dates else "no lifecycle data"))
