@@ -3,8 +3,10 @@
 - The drain timings hold together (the relations written above the template's Drain mapping), so
   that editing one number without the others fails here rather than cutting streams in production.
 - The instance bootstrap (the launch template's user data) renders an l4relay.toml that says what
-  the stack means: it is run through bash with sample parameters, parsed, and validated with
-  `l4relay check` when a built binary is at hand (L4RELAY_BIN, target/release, target/debug, PATH).
+  the stack means: it is run through bash with sample parameters (and a stand-in for the instance
+  metadata service), parsed, and validated with `l4relay check` when a built binary is at hand
+  (L4RELAY_BIN, target/release, target/debug, PATH).
+- The launch template asks for EgressAddresses - 1 secondary private addresses.
 - The lifecycle function's environment names are the ones eip_pool.Config reads.
 - The function's Lambda runtime is not within half a year of its deprecation, by the dates of the
   installed cfn-lint (which itself warns only once the date has passed, and errors only once AWS
@@ -16,6 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -165,10 +168,30 @@ SAMPLE = {
     "Cidrs": "10.20.0.0/24,10.20.1.0/24,10.20.2.0/24",
     "Vpces": "vpce-0123456789abcdef0,vpce-0fedcba9876543210",
     "MaxConnections": "120000",
+    "EgressAddresses": "1",
 }
 
+# The instance's private addresses as IMDS lists them (primary first).
+PRIVATE = ["10.20.1.10", "10.20.1.11", "10.20.1.12"]
+MAC = "02:1f:aa:bb:cc:dd"
 
-def render(template: dict[str, Any], drain: dict[str, int], function: str = "render_config", **params: str) -> subprocess.CompletedProcess:
+
+def imds_stub(associations: dict[str, str], private: list[str] = PRIVATE) -> str:
+    """A bash `imds` standing in for the instance metadata service: `associations` maps each
+    Elastic IP to the private address it is associated with (in the order IMDS lists them)."""
+    base = f"network/interfaces/macs/{MAC}"
+    paths = {"mac": MAC, f"{base}/local-ipv4s": "\n".join(private), f"{base}/subnet-ipv4-cidr-block": "10.20.1.0/24"}
+    if associations:
+        paths[f"{base}/ipv4-associations/"] = "\n".join(associations)
+    paths.update({f"{base}/ipv4-associations/{public}": ip for public, ip in associations.items()})
+    cases = "".join(f"    {shlex.quote(path)}) printf '%s\\n' {shlex.quote(value)} ;;\n" for path, value in paths.items())
+    return f"imds() {{\n  case $1 in\n{cases}    *) return 1 ;;\n  esac\n}}\n"
+
+
+def render(template: dict[str, Any], drain: dict[str, int], function: str = "render_config 10.20.1.10",
+           prelude: str = "", **params: str) -> subprocess.CompletedProcess:
+    """Runs the user data with `function` in place of its last line (`main`), after `prelude`
+    (stand-ins for commands)."""
     header, body = user_data(template)
     values = {**SAMPLE, **params, "Announce": drain["Announce"], "Deadline": drain["Deadline"],
               "CloseSpread": drain["CloseSpread"], "StopBudget": drain["StopBudget"]}
@@ -176,7 +199,7 @@ def render(template: dict[str, Any], drain: dict[str, int], function: str = "ren
     assert "${" not in script
     lines = body.rstrip("\n").split("\n")
     assert lines[-1] == "main", "the body ends by calling main"
-    script += "\n".join(lines[:-1]) + f"\n{function}\n"
+    script += "\n".join(lines[:-1]) + f"\n{prelude}\n{function}\n"
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
 
 
@@ -204,14 +227,77 @@ def test_user_data_renders_the_stack_into_l4relay_toml(template, drain, tmp_path
         assert entry["pool"] == "upstream"
     [pool] = config["pool"]
     assert pool["server"] == [{"address": "myresource.openai.azure.com:443"}]
+    # One egress address: a plain string, which every l4relay version takes.
+    assert pool["source"] == "10.20.1.10"
 
+    l4relay_check(run.stdout, tmp_path)
+
+
+def l4relay_check(config: str, tmp_path: Path) -> None:
     binary = l4relay_binary()
     if binary is None:
         pytest.skip("no l4relay binary to run `check` with (set L4RELAY_BIN or build it)")
     path = tmp_path / "l4relay.toml"
-    path.write_text(run.stdout)
+    path.write_text(config)
     check = subprocess.run([binary, "check", "--config", str(path)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
+
+
+def test_user_data_renders_several_egress_addresses_as_a_source_list(template, drain, tmp_path):
+    """Needs an l4relay whose pool `source` takes a list (with an older one, `check` fails here)."""
+    run = render(template, drain, function=f"render_config {','.join(PRIVATE)}", EgressAddresses="3")
+    assert run.returncode == 0, run.stderr
+    [pool] = tomllib.loads(run.stdout)["pool"]
+    assert pool["source"] == PRIVATE
+
+    l4relay_check(run.stdout, tmp_path)
+
+
+@pytest.mark.parametrize("egress,associations,expected", [
+    # Every address associated: IMDS order (primary first), whatever order the associations have.
+    ("3", {"203.0.113.9": "10.20.1.12", "203.0.113.5": "10.20.1.10", "203.0.113.7": "10.20.1.11"},
+     "10.20.1.10,10.20.1.11,10.20.1.12"),
+    ("1", {"203.0.113.5": "10.20.1.10"}, "10.20.1.10"),
+    ("2", {"203.0.113.5": "10.20.1.10", "203.0.113.7": "10.20.1.11"}, "10.20.1.10,10.20.1.11"),
+    # The function is still associating: not yet.
+    ("3", {"203.0.113.5": "10.20.1.10", "203.0.113.7": "10.20.1.11"}, None),
+    ("1", {}, None),
+])
+def test_user_data_takes_the_sources_from_the_instance_metadata(template, drain, egress, associations, expected):
+    run = render(template, drain, function="egress_sources", prelude=imds_stub(associations), EgressAddresses=egress)
+    if expected is None:
+        assert run.returncode != 0 and run.stdout == ""
+    else:
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == expected
+
+
+def test_user_data_puts_the_secondary_addresses_on_the_interface_at_every_boot(template, drain):
+    link = f"2: ens5: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 9001 qdisc mq state UP\\    link/ether {MAC} brd ff:ff:ff:ff:ff:ff"
+    ip_stub = f"ip() {{ echo '1: lo: <LOOPBACK,UP> mtu 65536'; echo '{link}'; }}\n"
+    run = render(template, drain, function=f"egress_unit {','.join(PRIVATE)}", prelude=imds_stub({}) + ip_stub,
+                 EgressAddresses="3")
+    assert run.returncode == 0, run.stderr
+    unit = run.stdout
+    assert "Before=l4relay.service" in unit and "RequiredBy=l4relay.service" in unit
+    assert "Type=oneshot" in unit and "RemainAfterExit=yes" in unit
+    execs = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert execs == ["ExecStart=ip address replace 10.20.1.11/24 dev ens5",
+                     "ExecStart=ip address replace 10.20.1.12/24 dev ens5"], "the secondaries, not the primary"
+
+
+def test_launch_template_asks_for_a_private_address_per_egress_address(template):
+    nic = resource(template, "LaunchTemplate")["LaunchTemplateData"]["NetworkInterfaces"][0]
+    condition, secondaries, absent = nic["SecondaryPrivateIpAddressCount"]["Fn::If"]
+    assert condition == "HasSecondaryAddresses" and absent == {"Ref": "AWS::NoValue"}
+    assert template["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "EgressAddresses"}, 1]}]}
+    table, key, field = secondaries["Fn::FindInMap"]
+    assert key == {"Ref": "EgressAddresses"}
+    allowed = template["Parameters"]["EgressAddresses"]["AllowedValues"]
+    assert str(template["Parameters"]["EgressAddresses"]["Default"]) == "1"
+    assert {int(n): int(v[field]) for n, v in template["Mappings"][table].items()} == {int(n): int(n) - 1 for n in allowed}
+    fn = resource(template, "LifecycleFunction")["Environment"]["Variables"]
+    assert fn["EGRESS_ADDRESSES"] == {"Ref": "EgressAddresses"}
 
 
 def test_user_data_without_an_endpoint_allowlist_leaves_allow_vpce_out(template, drain):
