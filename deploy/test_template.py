@@ -117,6 +117,37 @@ def test_the_lifecycle_function_environment_matches_its_config(template):
     assert read == set(env), (read, set(env))
 
 
+# --- NLB idle timeout -------------------------------------------------------------------------
+
+
+def test_the_nlb_idle_timeout_is_a_parameter_of_the_listener(template):
+    param = template["Parameters"]["NlbIdleTimeout"]
+    assert (int(param["Default"]), int(param["MinValue"]), int(param["MaxValue"])) == (350, 60, 6000)
+    attrs = {a["Key"]: a["Value"] for a in resource(template, "Listener")["ListenerAttributes"]}
+    assert attrs == {"tcp.idle_timeout.seconds": {"Ref": "NlbIdleTimeout"}}
+
+
+# l4relay's defaults (README, listener keys): keepalive_interval 10 s, keepalive_count 3.
+KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 3
+
+
+@pytest.mark.parametrize("timeout,idle", [("60", 30), ("100", 50), ("121", 60), ("350", 60), ("6000", 60)])
+def test_client_keepalive_fits_inside_the_nlb_idle_timeout(template, drain, timeout, idle):
+    run = render(template, drain, NlbIdleTimeout=timeout)
+    assert run.returncode == 0, run.stderr
+    for listener in tomllib.loads(run.stdout)["listener"]:
+        assert listener["keepalive"] is True
+        assert listener["keepalive_idle"] == f"{idle}s"
+    # The first probe, and a retry if it is lost, both reach the NLB before it forgets the flow.
+    assert idle + KEEPALIVE_INTERVAL < int(timeout)
+
+
+@pytest.mark.parametrize("timeout", ["59", "6001"])
+def test_user_data_refuses_an_nlb_idle_timeout_out_of_range(template, drain, timeout):
+    run = render(template, drain, function="check_parameters", NlbIdleTimeout=timeout)
+    assert run.returncode != 0 and "NlbIdleTimeout" in run.stderr
+
+
 # --- Lambda runtime ---------------------------------------------------------------------------
 
 # Time to move to a newer runtime before AWS deprecates this one (and then blocks creating it).
@@ -169,6 +200,7 @@ SAMPLE = {
     "Vpces": "vpce-0123456789abcdef0,vpce-0fedcba9876543210",
     "MaxConnections": "120000",
     "EgressAddresses": "1",
+    "NlbIdleTimeout": "350",
 }
 
 # The instance's private addresses as IMDS lists them (primary first).
@@ -225,6 +257,7 @@ def test_user_data_renders_the_stack_into_l4relay_toml(template, drain, tmp_path
         assert entry["proxy_protocol_from"] == ["10.20.0.0/24", "10.20.1.0/24", "10.20.2.0/24"]
         assert entry["allow_vpce"] == ["vpce-0123456789abcdef0", "vpce-0fedcba9876543210"]
         assert entry["pool"] == "upstream"
+        assert entry["keepalive"] is True and entry["keepalive_idle"] == "60s"
     [pool] = config["pool"]
     assert pool["server"] == [{"address": "myresource.openai.azure.com:443"}]
     # One egress address: a plain string, which every l4relay version takes.
