@@ -117,6 +117,23 @@ def test_the_lifecycle_function_environment_matches_its_config(template):
     assert read == set(env), (read, set(env))
 
 
+def test_user_data_widens_the_ephemeral_ports_and_reserves_the_listeners(template, drain):
+    run = render(template, drain, function="sysctl_conf")
+    assert run.returncode == 0, run.stderr
+    settings = dict(line.split(" = ", 1) for line in run.stdout.splitlines() if line and not line.startswith("#"))
+    assert list(settings) == ["net.ipv4.ip_local_reserved_ports", "net.ipv4.ip_local_port_range"], "reserved first"
+    low, high = map(int, settings["net.ipv4.ip_local_port_range"].split())
+    assert (low, high) == (1024, 65535)
+    assert low % 2 != high % 2, "different parities: the kernel prefers even ports for connect(), odd for bind()"
+    reserved: set[int] = set()
+    for part in settings["net.ipv4.ip_local_reserved_ports"].split(","):
+        first, _, last = part.partition("-")
+        reserved.update(range(int(first), int(last or first) + 1))
+    assert reserved == {8443, 8444, 8445, 8446, 8080, 9090}, "every port l4relay listens on, nothing else"
+    # docs/deploy.md's capacity arithmetic uses this number.
+    assert high - low + 1 - len(reserved) == 64506
+
+
 # --- NLB idle timeout -------------------------------------------------------------------------
 
 
