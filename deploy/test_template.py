@@ -332,6 +332,7 @@ def test_user_data_puts_the_secondary_addresses_on_the_interface_at_every_boot(t
     assert run.returncode == 0, run.stderr
     unit = run.stdout
     assert "Before=l4relay.service" in unit and "RequiredBy=l4relay.service" in unit
+    assert "After=network-online.target" in unit
     assert "Type=oneshot" in unit and "RemainAfterExit=yes" in unit
     execs = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     assert execs == ["ExecStart=ip address replace 10.20.1.11/24 dev ens5",
