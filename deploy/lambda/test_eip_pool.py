@@ -1,8 +1,14 @@
 """Tests of eip_pool.py against moto's EC2, Auto Scaling, ELBv2 and SSM mocks (no AWS needed).
 
-moto does not implement CompleteLifecycleAction, so `HookActions` plays Auto Scaling's part of it:
-an action is pending from the moment a test "launches" or "terminates" an instance until it is
-completed once; completing it again fails as AWS does ("No active Lifecycle Action found").
+Two parts of AWS are played here because moto 5 lacks them:
+- `HookActions`, Auto Scaling's side of CompleteLifecycleAction: an action is pending from the
+  moment a test "launches" or "terminates" an instance until it is completed once; completing it
+  again fails as AWS does ("No active Lifecycle Action found").
+- `Associations`, EC2's association of an Elastic IP with one private address of an interface.
+  moto associates an address with a whole interface (it reports the interface's primary address
+  for every association, and ignores PrivateIpAddress), so with several addresses per instance it
+  cannot say which one carries which. moto still keeps the addresses, their tags, the instances
+  and their interfaces.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from moto import mock_aws
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import eip_pool  # noqa: E402
-from eip_pool import CLAIM_TAG, Config, Lifecycle, LifecycleAction, PoolExhausted  # noqa: E402
+from eip_pool import CLAIM_TAG, Config, Lifecycle, LifecycleAction, PoolExhausted, TooFewPrivateAddresses  # noqa: E402
 
 REGION = "us-east-1"
 ASG = "l4relay-test-relays"
@@ -102,6 +108,91 @@ class HookActions:
         return [(hook, result) for iid, hook, result in self.completed if iid == instance_id]
 
 
+def _error(code: str, message: str, operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
+class Associations:
+    """EC2's associations of Elastic IPs with private addresses, as AWS documents them:
+
+    - AssociateAddress with NetworkInterfaceId and PrivateIpAddress (default: the interface's
+      primary address), or InstanceId (its primary interface's primary address);
+    - AllowReassociation=False: an address associated anywhere is refused with
+      Resource.AlreadyAssociated;
+    - a private address carries at most one Elastic IP: associating another disassociates it;
+    - DescribeAddresses shows AssociationId, NetworkInterfaceId, PrivateIpAddress and InstanceId,
+      and filters on them.
+
+    One lock stands for EC2's serialisation of these calls (moto's own state is not thread-safe).
+    """
+
+    FILTERS = {"instance-id": "InstanceId", "network-interface-id": "NetworkInterfaceId",
+               "private-ip-address": "PrivateIpAddress", "association-id": "AssociationId"}
+
+    def __init__(self) -> None:
+        self.by_allocation: dict[str, dict[str, str]] = {}
+        self.lock = threading.Lock()
+        self.serial = 0
+
+    def attach(self, ec2: Any) -> Any:
+        describe = ec2.describe_addresses
+
+        def describe_addresses(**kw: Any) -> Any:
+            filters = kw.pop("Filters", [])
+            ours = [f for f in filters if f["Name"] in self.FILTERS]
+            theirs = [f for f in filters if f["Name"] not in self.FILTERS]
+            result = describe(**kw, **({"Filters": theirs} if theirs else {}))
+            with self.lock:
+                addresses = []
+                for address in result["Addresses"]:
+                    address = {k: v for k, v in address.items() if k not in self.FILTERS.values()}
+                    address.update(self.by_allocation.get(address["AllocationId"], {}))
+                    if all(address.get(self.FILTERS[f["Name"]]) in f["Values"] for f in ours):
+                        addresses.append(address)
+            return {**result, "Addresses": addresses}
+
+        def associate_address(**kw: Any) -> Any:
+            allocation = kw["AllocationId"]
+            describe(AllocationIds=[allocation])  # moto validates the ID
+            if "InstanceId" in kw:
+                instance = ec2.describe_instances(InstanceIds=[kw["InstanceId"]])["Reservations"][0]["Instances"][0]
+                eni = next(n for n in instance["NetworkInterfaces"] if n["Attachment"]["DeviceIndex"] == 0)
+            else:
+                eni = ec2.describe_network_interfaces(NetworkInterfaceIds=[kw["NetworkInterfaceId"]])["NetworkInterfaces"][0]
+            private = {a["PrivateIpAddress"]: a.get("Primary", False) for a in eni["PrivateIpAddresses"]}
+            ip = kw.get("PrivateIpAddress") or next(a for a, primary in private.items() if primary)
+            if ip not in private:
+                raise _error("InvalidParameterValue", f"{ip} is not an address of {eni['NetworkInterfaceId']}",
+                             "AssociateAddress")
+            with self.lock:
+                if allocation in self.by_allocation and not kw.get("AllowReassociation", False):
+                    raise _error("Resource.AlreadyAssociated", f"resource {allocation} is already associated",
+                                 "AssociateAddress")
+                for other, a in list(self.by_allocation.items()):
+                    if (a["NetworkInterfaceId"], a["PrivateIpAddress"]) == (eni["NetworkInterfaceId"], ip):
+                        del self.by_allocation[other]  # one Elastic IP per private address
+                self.serial += 1
+                association = f"eipassoc-{self.serial:017x}"
+                self.by_allocation[allocation] = {
+                    "AssociationId": association, "NetworkInterfaceId": eni["NetworkInterfaceId"],
+                    "PrivateIpAddress": ip, "InstanceId": eni.get("Attachment", {}).get("InstanceId", ""),
+                }
+            return {"AssociationId": association}
+
+        def disassociate_address(**kw: Any) -> Any:
+            with self.lock:
+                for allocation, a in list(self.by_allocation.items()):
+                    if a["AssociationId"] == kw["AssociationId"]:
+                        del self.by_allocation[allocation]
+                        return {}
+            raise _error("InvalidAssociationID.NotFound", f"{kw['AssociationId']} not found", "DisassociateAddress")
+
+        ec2.describe_addresses = describe_addresses
+        ec2.associate_address = associate_address
+        ec2.disassociate_address = disassociate_address
+        return ec2
+
+
 def trace(calls: list[str], client: Any, method: str, label: str | None = None) -> None:
     """Logs every call of client.method into `calls` (for checking the order of steps)."""
     original = getattr(client, method)
@@ -116,8 +207,9 @@ def trace(calls: list[str], client: Any, method: str, label: str | None = None) 
 class World:
     """A moto account with an autoscaling group of relays, a target group and an EIP pool."""
 
-    def __init__(self, instances: int, pool_size: int) -> None:
-        self.ec2 = boto3.client("ec2", region_name=REGION)
+    def __init__(self, instances: int, pool_size: int, egress: int = 1, private_addresses: int | None = None) -> None:
+        self.associations = Associations()
+        self.ec2 = self.ec2_client()
         self.autoscaling = boto3.client("autoscaling", region_name=REGION)
         self.elbv2 = boto3.client("elbv2", region_name=REGION)
         self.ssm = boto3.client("ssm", region_name=REGION)
@@ -151,6 +243,12 @@ class World:
         group = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[ASG])["AutoScalingGroups"][0]
         self.instances = sorted(i["InstanceId"] for i in group["Instances"])
         assert len(self.instances) == instances
+        # The launch template's SecondaryPrivateIpAddressCount (moto's groups do not apply it).
+        secondaries = (egress if private_addresses is None else private_addresses) - 1
+        if secondaries > 0:
+            for iid in self.instances:
+                self.ec2.assign_private_ip_addresses(NetworkInterfaceId=self.interface(iid),
+                                                     SecondaryPrivateIpAddressCount=secondaries)
 
         self.pool = [self.allocate({POOL_KEY: POOL_VALUE}) for _ in range(pool_size)]
         # Addresses that must never be handed out: untagged, and another pool's.
@@ -168,8 +266,22 @@ class World:
             asg_name=ASG,
             target_group_arn=self.target_group,
             relay_ports=PORTS,
+            egress_addresses=egress,
             drain_document=DRAIN_DOC,
         )
+
+    def ec2_client(self) -> Any:
+        """An EC2 client on this account whose associations are EC2's (see Associations)."""
+        return self.associations.attach(boto3.client("ec2", region_name=REGION))
+
+    def interface(self, instance_id: str) -> str:
+        instance = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        return next(n["NetworkInterfaceId"] for n in instance["NetworkInterfaces"] if n["Attachment"]["DeviceIndex"] == 0)
+
+    def private_addresses(self, instance_id: str) -> list[str]:
+        """The instance's private addresses, primary first (the order of IMDS local-ipv4s)."""
+        eni = self.ec2.describe_network_interfaces(NetworkInterfaceIds=[self.interface(instance_id)])["NetworkInterfaces"][0]
+        return [a["PrivateIpAddress"] for a in sorted(eni["PrivateIpAddresses"], key=lambda a: not a.get("Primary"))]
 
     def allocate(self, tags: dict[str, str]) -> str:
         allocation = self.ec2.allocate_address(Domain="vpc")["AllocationId"]
@@ -194,14 +306,24 @@ class World:
         return self.ec2.describe_addresses(AllocationIds=[allocation])["Addresses"][0]
 
     def holder(self, allocation: str) -> str | None:
-        return self.address(allocation).get("InstanceId") or None  # moto says "", EC2 leaves it out
+        return self.address(allocation).get("InstanceId") or None
+
+    def on(self, allocation: str) -> str | None:
+        """The private address the Elastic IP is associated with."""
+        return self.address(allocation).get("PrivateIpAddress")
+
+    def free(self) -> list[str]:
+        return [a for a in self.pool if self.holder(a) is None]
 
     def claim_label(self, allocation: str) -> str | None:
         tags = {t["Key"]: t["Value"] for t in self.address(allocation).get("Tags", [])}
         return tags.get(CLAIM_TAG)
 
     def held(self, instance_id: str) -> list[str]:
-        return [a for a in self.pool + self.outsiders if self.holder(a) == instance_id]
+        """The addresses the instance holds, in the order of its private addresses."""
+        order = self.private_addresses(instance_id)
+        mine = [a for a in self.pool + self.outsiders if self.holder(a) == instance_id]
+        return sorted(mine, key=lambda a: order.index(self.on(a)))
 
     def registered_ports(self, instance_id: str) -> set[int]:
         return {port for iid, port in self.targets if iid == instance_id}
@@ -270,7 +392,7 @@ def test_concurrent_launches_interleaved_get_different_eips(aws):
     a, b = w.instances
     lifecycle_a = w.lifecycle()
 
-    ec2_b = boto3.client("ec2", region_name=REGION)
+    ec2_b = w.ec2_client()
     attempts_b: list[str] = []
     associate_b = ec2_b.associate_address
 
@@ -290,35 +412,29 @@ def test_concurrent_launches_interleaved_get_different_eips(aws):
     assert w.hooks.results(b) == [("launch", "CONTINUE")]
 
 
-def test_concurrent_launches_in_threads_get_different_eips(aws):
-    n = 6
-    w = World(instances=n, pool_size=n)
+@pytest.mark.parametrize("egress", [1, 3])
+def test_concurrent_launches_in_threads_get_different_eips(aws, egress):
+    n = 5
+    w = World(instances=n, pool_size=n * egress, egress=egress)
     # Every thread lists the free addresses before any of them associates one, and (no_shuffle)
-    # all start with the same address.
+    # all start with the same addresses. Associations serialises the associations as EC2 does.
     listed = threading.Barrier(n, timeout=30)
-    # EC2 makes each association atomic; moto's in-memory check-then-set is not thread-safe, so
-    # the lock stands in for EC2's serialisation of AssociateAddress.
-    ec2_atomic = threading.Lock()
     errors: list[BaseException] = []
 
     def make_client() -> Any:
-        ec2 = boto3.client("ec2", region_name=REGION)
-        describe, associate = ec2.describe_addresses, ec2.associate_address
+        ec2 = w.ec2_client()
+        describe = ec2.describe_addresses
         first_listing = [True]
 
         def describe_addresses(**kw: Any) -> Any:
             result = describe(**kw)
             names = {f["Name"] for f in kw.get("Filters", [])}
-            if first_listing[0] and "instance-id" not in names and "AllocationIds" not in kw and f"tag:{POOL_KEY}" in names:
+            if first_listing[0] and names == {f"tag:{POOL_KEY}", "domain"}:  # the pool's free addresses
                 first_listing[0] = False
                 listed.wait()
             return result
 
-        def associate_address(**kw: Any) -> Any:
-            with ec2_atomic:
-                return associate(**kw)
-
-        ec2.describe_addresses, ec2.associate_address = describe_addresses, associate_address
+        ec2.describe_addresses = describe_addresses
         return ec2
 
     lifecycles = [w.lifecycle(ec2=make_client()) for _ in range(n)]
@@ -338,8 +454,10 @@ def test_concurrent_launches_in_threads_get_different_eips(aws):
     assert not errors, errors
 
     holdings = {iid: w.held(iid) for iid in w.instances}
-    assert all(len(h) == 1 for h in holdings.values()), holdings
-    assert sorted(h[0] for h in holdings.values()) == sorted(w.pool)
+    assert all(len(h) == egress for h in holdings.values()), holdings
+    assert sorted(a for h in holdings.values() for a in h) == sorted(w.pool), "each address exactly once"
+    for iid, held in holdings.items():
+        assert [w.on(a) for a in held] == w.private_addresses(iid)
     assert all(w.hooks.results(iid) == [("launch", "CONTINUE")] for iid in w.instances)
 
 
@@ -397,7 +515,7 @@ def test_pool_taken_by_concurrent_launches_abandons(aws):
     w = World(instances=2, pool_size=1)
     a, b = w.instances
     lifecycle_a = w.lifecycle()
-    ec2_b = boto3.client("ec2", region_name=REGION)
+    ec2_b = w.ec2_client()
     associate_b = ec2_b.associate_address
 
     def associate_after_a_won(**kw: Any) -> Any:
@@ -411,6 +529,244 @@ def test_pool_taken_by_concurrent_launches_abandons(aws):
 
     assert w.held(a) == w.pool
     assert w.hooks.results(b) == [("launch", "ABANDON")]
+
+
+# --- several addresses per instance ---------------------------------------------------------
+
+
+def test_launch_gives_every_private_address_its_own_pool_eip(aws):
+    w = World(instances=1, pool_size=4, egress=3)
+    [iid] = w.instances
+
+    assert w.lifecycle().handle(w.hooks.launch(iid)) == "launched"
+
+    held = w.held(iid)
+    assert len(set(held)) == 3 and set(held) <= set(w.pool)
+    assert [w.on(a) for a in held] == w.private_addresses(iid), "one per private address, primary first"
+    assert all(w.claim_label(a) == iid for a in held)
+    assert len(w.free()) == 1
+    assert w.hooks.results(iid) == [("launch", "CONTINUE")]
+    assert w.registered_ports(iid) == set(PORTS)
+
+
+def test_concurrent_launches_of_several_addresses_each_get_their_own(aws):
+    """B lists the free addresses; A then takes two of them before B associates any."""
+    w = World(instances=2, pool_size=4, egress=2)
+    a, b = w.instances
+    lifecycle_a = w.lifecycle()
+    ec2_b = w.ec2_client()
+    attempts_b: list[str] = []
+    associate_b = ec2_b.associate_address
+
+    def associate_after_a_won(**kw: Any) -> Any:
+        if not attempts_b:
+            lifecycle_a.handle(w.hooks.launch(a))
+        attempts_b.append(kw["AllocationId"])
+        return associate_b(**kw)
+
+    ec2_b.associate_address = associate_after_a_won
+    w.lifecycle(ec2=ec2_b).handle(w.hooks.launch(b))
+
+    held_a, held_b = w.held(a), w.held(b)
+    assert len(held_a) == len(held_b) == 2 and not set(held_a) & set(held_b)
+    assert attempts_b == sorted(w.pool), "B was refused A's two addresses and took the next two"
+    assert [w.on(x) for x in held_b] == w.private_addresses(b)
+    assert w.hooks.results(a) == w.hooks.results(b) == [("launch", "CONTINUE")]
+
+
+def test_retried_launch_with_several_addresses_changes_nothing(aws):
+    w = World(instances=1, pool_size=4, egress=2)
+    [iid] = w.instances
+    event = w.hooks.start(iid, eip_pool.LAUNCHING)
+    w.lifecycle().handle(LifecycleAction.from_event(event))
+    before = {a: w.address(a)["AssociationId"] for a in w.held(iid)}
+
+    lifecycle = w.lifecycle()
+    calls: list[str] = []
+    trace(calls, lifecycle.ec2, "associate_address")
+    assert lifecycle.handle(LifecycleAction.from_event(event)) == "launched"
+
+    assert calls == [], "nothing associated again"
+    assert {a: w.address(a)["AssociationId"] for a in w.held(iid)} == before
+    assert w.hooks.results(iid) == [("launch", "CONTINUE")]
+
+
+def test_retried_launch_after_a_crash_between_claims_claims_only_the_rest(aws):
+    w = World(instances=1, pool_size=4, egress=3)
+    [iid] = w.instances
+    action = w.hooks.launch(iid)
+    crashing = w.lifecycle(ec2=w.ec2_client())
+    associate = crashing.ec2.associate_address
+    done = []
+
+    def associate_then_time_out(**kw: Any) -> Any:
+        if len(done) == 2:
+            raise ConnectionError("Lambda timed out")
+        done.append(kw["AllocationId"])
+        return associate(**kw)
+
+    crashing.ec2.associate_address = associate_then_time_out
+    with pytest.raises(ConnectionError):
+        crashing.handle(action)
+    first_two = w.held(iid)
+    assert first_two == done
+    associations = {a: w.address(a)["AssociationId"] for a in first_two}
+
+    w.lifecycle().handle(action)  # the retry
+
+    held = w.held(iid)
+    assert held[:2] == first_two and len(held) == 3
+    assert {a: w.address(a)["AssociationId"] for a in first_two} == associations, "kept, not re-associated"
+    assert w.hooks.results(iid) == [("launch", "CONTINUE")]
+
+
+def test_duplicated_launch_event_run_concurrently_keeps_one_address_per_private_address(aws):
+    """EventBridge delivers at least once: two runs for the same instance, the second listing the
+    pool before the first has associated anything."""
+    w = World(instances=1, pool_size=4, egress=2)
+    [iid] = w.instances
+    first = w.lifecycle()
+    ec2_second = w.ec2_client()
+    associate = ec2_second.associate_address
+    ran = []
+
+    def associate_after_the_first_run(**kw: Any) -> Any:
+        if not ran:
+            ran.append(first.handle(w.hooks.launch(iid)))
+        return associate(**kw)
+
+    ec2_second.associate_address = associate_after_the_first_run
+    w.lifecycle(ec2=ec2_second).handle(w.hooks.launch(iid))
+
+    held = w.held(iid)
+    assert len(held) == 2 and [w.on(a) for a in held] == w.private_addresses(iid)
+    assert len(w.free()) == 2, "the second run took no address of its own"
+    assert w.hooks.results(iid) == [("launch", "CONTINUE")], "completed once; the second finds it done"
+
+
+def test_duplicated_launch_event_racing_on_other_addresses_converges(aws):
+    """The two runs try different free addresses for the same private address: EC2 keeps the later
+    association and frees the earlier address; each private address still ends with one."""
+    w = World(instances=1, pool_size=4, egress=2)
+    [iid] = w.instances
+    first = w.lifecycle()
+    second = w.lifecycle(ec2=w.ec2_client())
+    second.pool.shuffle = list.reverse  # the first run starts at one end of the pool, this at the other
+    associate = second.ec2.associate_address
+    ran = []
+
+    def associate_after_the_first_run(**kw: Any) -> Any:
+        if not ran:
+            ran.append(first.handle(w.hooks.launch(iid)))
+        return associate(**kw)
+
+    second.ec2.associate_address = associate_after_the_first_run
+    assert second.handle(w.hooks.launch(iid)) == "launched"
+
+    held = w.held(iid)
+    assert [w.on(a) for a in held] == w.private_addresses(iid)
+    assert sorted(held + w.free()) == sorted(w.pool), "the displaced addresses are free, none is lost"
+    assert len(w.free()) == 2
+
+
+def test_pool_smaller_than_the_addresses_an_instance_needs_abandons_before_claiming(aws, caplog):
+    w = World(instances=1, pool_size=2, egress=3)
+    [iid] = w.instances
+    lifecycle = w.lifecycle()
+    calls: list[str] = []
+    trace(calls, lifecycle.ec2, "associate_address")
+
+    with pytest.raises(PoolExhausted, match="needs 3 more .* 2 free"):
+        lifecycle.handle(w.hooks.launch(iid))
+
+    assert calls == [], "no address taken from other launches for nothing"
+    assert w.free() == w.pool
+    assert w.hooks.results(iid) == [("launch", "ABANDON")]
+    assert any(r.levelname == "ERROR" and "EIP POOL EXHAUSTED" in r.getMessage() for r in caplog.records)
+
+
+def test_pool_drained_by_a_concurrent_launch_midway_gives_back_the_partial_claim(aws):
+    """B needs 2 and sees 3 free; A takes 2 of them meanwhile: B gets one, then runs out."""
+    w = World(instances=2, pool_size=3, egress=2)
+    a, b = w.instances
+    lifecycle_a = w.lifecycle()
+    ec2_b = w.ec2_client()
+    associate_b = ec2_b.associate_address
+
+    def associate_after_a_won(**kw: Any) -> Any:
+        if not w.held(a):
+            lifecycle_a.handle(w.hooks.launch(a))
+        return associate_b(**kw)
+
+    ec2_b.associate_address = associate_after_a_won
+    with pytest.raises(PoolExhausted, match="ran out"):
+        w.lifecycle(ec2=ec2_b).handle(w.hooks.launch(b))
+
+    assert len(w.held(a)) == 2
+    assert w.held(b) == [], "the one address B got is back in the pool"
+    [left] = w.free()
+    assert w.claim_label(left) is None
+    assert w.hooks.results(b) == [("launch", "ABANDON")]
+
+
+def test_empty_pool_with_several_addresses_abandons(aws):
+    w = World(instances=1, pool_size=0, egress=2)
+    [iid] = w.instances
+
+    with pytest.raises(PoolExhausted):
+        w.lifecycle().handle(w.hooks.launch(iid))
+
+    assert w.held(iid) == []
+    assert w.hooks.results(iid) == [("launch", "ABANDON")]
+
+
+def test_instance_without_enough_private_addresses_abandons(aws, caplog):
+    """The launch template and the function disagree on EgressAddresses (a stack edited by hand)."""
+    w = World(instances=1, pool_size=3, egress=3, private_addresses=2)
+    [iid] = w.instances
+
+    with pytest.raises(TooFewPrivateAddresses, match="must ask for 2 secondary"):
+        w.lifecycle().handle(w.hooks.launch(iid))
+
+    assert w.held(iid) == [] and w.free() == w.pool
+    assert w.hooks.results(iid) == [("launch", "ABANDON")]
+
+
+def test_termination_returns_every_address_after_the_drain(aws):
+    w = World(instances=2, pool_size=3, egress=3)
+    old, new = w.instances
+    w.lifecycle().handle(w.hooks.launch(old))
+    assert len(w.held(old)) == 3
+
+    lifecycle = w.lifecycle()
+    calls = w.hooks.calls
+    trace(calls, lifecycle.ec2, "disassociate_address")
+    trace(calls, lifecycle.ssm, "send_command")
+    calls.clear()
+    lifecycle.handle(w.hooks.terminate(old))
+
+    assert calls == ["send_command"] + ["disassociate_address"] * 3 + ["complete:CONTINUE"]
+    assert w.free() == w.pool
+    assert all(w.claim_label(a) is None for a in w.pool)
+
+    w.lifecycle().handle(w.hooks.launch(new))
+    assert sorted(w.held(new)) == sorted(w.pool)
+
+
+def test_retried_termination_with_several_addresses_is_harmless(aws):
+    w = World(instances=1, pool_size=2, egress=2)
+    [iid] = w.instances
+    w.lifecycle().handle(w.hooks.launch(iid))
+    event = w.hooks.start(iid, eip_pool.TERMINATING)
+    w.lifecycle().handle(LifecycleAction.from_event(event))
+
+    assert w.lifecycle().handle(LifecycleAction.from_event(event)) == "terminated (drain: Success)"
+
+    assert w.free() == w.pool
+    assert w.hooks.results(iid) == [("launch", "CONTINUE"), ("terminate", "CONTINUE")]
+
+
+# --- launch edge cases ------------------------------------------------------------------------
 
 
 def test_launch_of_an_instance_already_gone_abandons_quietly(aws):
@@ -427,7 +783,7 @@ def test_launch_of_an_instance_already_gone_abandons_quietly(aws):
 def test_launch_waits_for_a_pending_instance(aws):
     w = World(instances=1, pool_size=1)
     [iid] = w.instances
-    ec2 = boto3.client("ec2", region_name=REGION)
+    ec2 = w.ec2_client()
     describe = ec2.describe_instances
     states = iter(["pending", "pending"])
 
@@ -578,19 +934,24 @@ def test_config_from_env():
     cfg = Config.from_env({
         "POOL_TAG_KEY": "k", "POOL_TAG_VALUE": "v", "ASG_NAME": "g", "TARGET_GROUP_ARN": "arn:tg",
         "FIRST_RELAY_PORT": "8443", "LAST_RELAY_PORT": "8446", "DRAIN_DOCUMENT": "d", "DRAIN_WAIT_SECONDS": "500",
+        "EGRESS_ADDRESSES": "3",
     })
     assert cfg.relay_ports == (8443, 8444, 8445, 8446)
     assert (cfg.asg_name, cfg.target_group_arn, cfg.drain_document, cfg.drain_wait_seconds) == ("g", "arn:tg", "d", 500)
-    assert Config.from_env({"POOL_TAG_KEY": "k", "POOL_TAG_VALUE": "v"}).relay_ports == ()
+    assert cfg.egress_addresses == 3
+    defaults = Config.from_env({"POOL_TAG_KEY": "k", "POOL_TAG_VALUE": "v"})
+    assert defaults.relay_ports == () and defaults.egress_addresses == 1
+    with pytest.raises(ValueError):
+        Config.from_env({"POOL_TAG_KEY": "k", "POOL_TAG_VALUE": "v", "EGRESS_ADDRESSES": "0"})
 
 
 def test_handler_end_to_end_from_the_environment(aws, monkeypatch):
-    w = World(instances=1, pool_size=1)
+    w = World(instances=1, pool_size=3, egress=2)
     [iid] = w.instances
     for name, value in {
         "POOL_TAG_KEY": POOL_KEY, "POOL_TAG_VALUE": POOL_VALUE, "ASG_NAME": ASG,
         "TARGET_GROUP_ARN": w.target_group, "FIRST_RELAY_PORT": str(PORTS[0]),
-        "LAST_RELAY_PORT": str(PORTS[-1]), "DRAIN_DOCUMENT": DRAIN_DOC,
+        "LAST_RELAY_PORT": str(PORTS[-1]), "DRAIN_DOCUMENT": DRAIN_DOC, "EGRESS_ADDRESSES": "2",
     }.items():
         monkeypatch.setenv(name, value)
     real_client = boto3.client
@@ -599,12 +960,15 @@ def test_handler_end_to_end_from_the_environment(aws, monkeypatch):
         c = real_client(service, *args, **kw)
         if service == "autoscaling":
             return w.hooks.attach(c)
+        if service == "ec2":
+            return w.associations.attach(c)
         return w.track_targets(c) if service == "elbv2" else c
 
     monkeypatch.setattr(eip_pool.boto3, "client", client)
 
     assert eip_pool.handler(w.hooks.start(iid, eip_pool.LAUNCHING), None) == "launched"
-    assert w.held(iid) == w.pool and w.registered_ports(iid) == set(PORTS)
+    assert len(w.held(iid)) == 2 and w.registered_ports(iid) == set(PORTS)
     assert eip_pool.handler(w.hooks.start(iid, eip_pool.TERMINATING), None) == "terminated (drain: Success)"
     assert w.held(iid) == [] and w.registered_ports(iid) == set()
+    assert w.free() == w.pool
     assert w.hooks.results(iid) == [("launch", "CONTINUE"), ("terminate", "CONTINUE")]
