@@ -1124,7 +1124,10 @@ mod tests {
             (aws_tlv(b"vpce-\x00"), Error::BadVpceId),
             (aws_tlv("vpce-é".as_bytes()), Error::BadVpceId),
             (aws_tlv(b"vpc-0123"), Error::BadVpceId),
-            (aws_tlv(format!("vpce-{}", "a".repeat(60)).as_bytes()), Error::BadVpceId),
+            (
+                aws_tlv(format!("vpce-{}", "a".repeat(60)).as_bytes()),
+                Error::BadVpceId,
+            ),
             (tlv(0xEE, &[0x01, 1, 2, 3]), Error::BadAzureLinkId),
             (tlv(0xEE, &[0x01, 1, 2, 3, 4, 5]), Error::BadAzureLinkId),
         ];
@@ -1171,11 +1174,7 @@ mod tests {
 
     #[test]
     fn two_headers_back_to_back_only_the_first_is_the_header() {
-        let first = v2(
-            0x21,
-            0x11,
-            &[&V4_BLOCK[..], &aws_tlv(b"vpce-f1")].concat(),
-        );
+        let first = v2(0x21, 0x11, &[&V4_BLOCK[..], &aws_tlv(b"vpce-f1")].concat());
         let second = v2(
             0x21,
             0x21,
