@@ -17,6 +17,19 @@ pub const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
 /// its lock by the time a bench runs).
 pub static BENCH: LazyLock<PathBuf> = LazyLock::new(build_bench_tool);
 
+/// Prefixes of the variables cargo sets for the target it builds or runs.
+const CARGO_SET_FOR_TARGETS: &[&str] = &[
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "CARGO_CFG_",
+    "OUT_DIR",
+];
+
 fn build_bench_tool() -> PathBuf {
     let relay = Path::new(RELAY);
     let tool = relay.with_file_name(format!("l4relay-bench{}", std::env::consts::EXE_SUFFIX));
@@ -30,7 +43,17 @@ fn build_bench_tool() -> PathBuf {
         None => panic!("{RELAY}: not in a profile directory"),
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let status = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    // Not what cargo set for this bench (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...): build scripts
+    // that watch those (ring's) would take them for a changed environment and rebuild, here and
+    // again at the next `cargo bench`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if CARGO_SET_FOR_TARGETS.iter().any(|p| name.starts_with(p)) {
+            build.env_remove(&*name);
+        }
+    }
+    let status = build
         .args([
             "build",
             "--quiet",
