@@ -24,7 +24,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
-const BENCH: &str = env!("CARGO_BIN_EXE_l4relay-bench");
+/// The bench tool is a package of its own (bench/): `cargo test` at the workspace root builds it
+/// next to l4relay.
+static BENCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let path = std::path::Path::new(RELAY).with_file_name("l4relay-bench");
+    assert!(
+        path.is_file(),
+        "{} not built: run `cargo test` at the workspace root (or `cargo build -p l4relay-bench`)",
+        path.display()
+    );
+    path.to_str().unwrap().to_owned()
+});
 
 /// keepalive_idle + keepalive_interval × keepalive_count in the pool below.
 const KEEPALIVE_BOUND: Duration = Duration::from_secs(3);
@@ -274,13 +284,13 @@ fn across_namespaces_link_down_and_host_removed() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut server_a = NsProcess::spawn(
         &a,
-        BENCH,
+        &BENCH,
         &["serve", "--listen", "10.77.0.6:9000", "--mode", "echo"],
         dir.join("a.err"),
     );
     let _server_b = NsProcess::spawn(
         &b,
-        BENCH,
+        &BENCH,
         &["serve", "--listen", "10.77.0.10:9000", "--mode", "echo"],
         dir.join("b.err"),
     );

@@ -9,7 +9,17 @@
 use std::process::Command;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
-const BENCH: &str = env!("CARGO_BIN_EXE_l4relay-bench");
+/// The bench tool is a package of its own (bench/): `cargo test` at the workspace root builds it
+/// next to l4relay.
+static BENCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let path = std::path::Path::new(RELAY).with_file_name("l4relay-bench");
+    assert!(
+        path.is_file(),
+        "{} not built: run `cargo test` at the workspace root (or `cargo build -p l4relay-bench`)",
+        path.display()
+    );
+    path.to_str().unwrap().to_owned()
+});
 
 /// The whole scenario, run by bash inside the namespace. Waits are bounded polls; the only
 /// fixed pauses pace the load (it runs before, during and after the old process's drain).
@@ -71,7 +81,7 @@ fn no_connection_refused_while_the_old_process_drains() {
     let out = Command::new("unshare")
         .args(["--net", "bash", "-c", SCENARIO])
         .env("RELAY", RELAY)
-        .env("BENCH", BENCH)
+        .env("BENCH", &*BENCH)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

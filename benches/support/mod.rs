@@ -2,13 +2,82 @@
 //! configs, running the bench tool and reading its JSON, medians.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 pub const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
-pub const BENCH: &str = env!("CARGO_BIN_EXE_l4relay-bench");
+
+/// The bench tool, next to l4relay in the target directory. It is a package of its own (bench/),
+/// so `cargo bench` does not build it for these benches: the first use runs `cargo build` for it
+/// with the profile l4relay was built with (a no-op when it is up to date; cargo has released
+/// its lock by the time a bench runs).
+pub static BENCH: LazyLock<PathBuf> = LazyLock::new(build_bench_tool);
+
+/// Prefixes of the variables cargo sets for the target it builds or runs.
+const CARGO_SET_FOR_TARGETS: &[&str] = &[
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "CARGO_CFG_",
+    "OUT_DIR",
+];
+
+fn build_bench_tool() -> PathBuf {
+    let relay = Path::new(RELAY);
+    let tool = relay.with_file_name(format!("l4relay-bench{}", std::env::consts::EXE_SUFFIX));
+    // `cargo bench` builds into target/release with the bench profile, `cargo test --benches`
+    // into target/debug; a custom profile has a directory of its name.
+    let profile_dir = relay.parent().and_then(Path::file_name);
+    let profile = match profile_dir.and_then(OsStr::to_str) {
+        Some("release") => "bench",
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => panic!("{RELAY}: not in a profile directory"),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut build = Command::new(cargo);
+    // Not what cargo set for this bench (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...): build scripts
+    // that watch those (ring's) would take them for a changed environment and rebuild, here and
+    // again at the next `cargo bench`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if CARGO_SET_FOR_TARGETS.iter().any(|p| name.starts_with(p)) {
+            build.env_remove(&*name);
+        }
+    }
+    let status = build
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "l4relay-bench",
+            "--profile",
+            profile,
+        ])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .status()
+        .expect("run cargo to build l4relay-bench");
+    assert!(
+        status.success(),
+        "cargo build --package l4relay-bench failed"
+    );
+    assert!(
+        tool.is_file(),
+        "{} missing after the build (a --target-dir or --target the build did not see?): \
+         build it with `cargo build --profile {profile} --package l4relay-bench`",
+        tool.display()
+    );
+    tool
+}
 
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -67,9 +136,9 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
-pub fn pinned(cpu: u32, program: &str) -> Command {
+pub fn pinned(cpu: u32, program: impl AsRef<OsStr>) -> Command {
     let mut c = Command::new("taskset");
-    c.args(["-c", &cpu.to_string(), program]);
+    c.args(["-c", &cpu.to_string()]).arg(program);
     c.stdout(Stdio::null()).stderr(Stdio::null());
     c
 }
@@ -77,7 +146,7 @@ pub fn pinned(cpu: u32, program: &str) -> Command {
 /// The bench tool's upstream server on CPU 1.
 pub fn upstream(mode: &str) -> (Proc, u16) {
     let port = free_port();
-    let child = pinned(1, BENCH)
+    let child = pinned(1, &*BENCH)
         .args([
             "serve",
             "--listen",
@@ -138,7 +207,7 @@ pub fn bench_tool(
     pid: Option<u32>,
     args: &[&str],
 ) -> Option<serde_json::Value> {
-    let mut load = pinned(1, BENCH);
+    let mut load = pinned(1, &*BENCH);
     load.args([
         mode,
         "--quiet",
@@ -256,7 +325,7 @@ pub fn l4relay_with(
 /// The bench tool's upstream server on CPU 1, answering over TLS with `cert` and `key`.
 pub fn upstream_tls(mode: &str, cert: &Path, key: &Path) -> (Proc, u16) {
     let port = free_port();
-    let child = pinned(1, BENCH)
+    let child = pinned(1, &*BENCH)
         .args([
             "serve",
             "--listen",

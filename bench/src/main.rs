@@ -15,7 +15,6 @@ mod latency;
 mod net;
 mod procfs;
 mod protocol;
-mod proxy_v2;
 mod rate;
 mod report;
 mod run;
@@ -30,12 +29,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use l4relay::config::{parse_duration, parse_server_address, parse_size};
+use l4relay::protocol::vpce::VpceId;
+use l4relay::upstream::pool::ServerAddress;
 use serde::Serialize;
 use tokio::time::Instant;
 
 use net::Dialer;
 use report::{Output, ProxyCpu, Report};
-use units::{parse_duration, parse_size};
 
 const LONG_ABOUT: &str = "\
 Load generator for l4relay. Point a client mode at a relay that forwards to
@@ -46,7 +47,15 @@ Each client mode runs for --warmup, then measures for --duration, then stops
 by itself; Ctrl-C stops early and still reports. With --pid PID the relay's
 CPU time over the measured window is reported per GB, per connection or per
 request. Pin the benchmark and the relay to different cores for stable
-figures, e.g. `taskset -c 1 l4relay-bench ...` with the relay on core 0.";
+figures, e.g. `taskset -c 1 l4relay-bench ...` with the relay on core 0.
+
+Values are written as in the l4relay config file, by the same parsers:
+  SIZE      bytes, or a whole number with a binary unit: 4096, 64KiB, 1MiB, 1GiB
+            (K, M, G are the same units; 1MB and 1.5MiB are errors)
+  DURATION  whole numbers with units us, ms, s, m, h, d: 250ms, 5s, 10m, 1m30s
+            (a bare 10 and 1.5s are errors)
+  ADDR      HOST:PORT: 10.0.1.5:443, relay.example:8443 (--target as a pool server's address)
+  ID        an AWS VPC endpoint ID, as in allow_vpce: vpce-0123456789abcdef0";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -154,9 +163,9 @@ struct ClientOpts {
     /// Start every connection with a PROXY protocol v2 header (src = local address, dst = target)
     #[arg(long)]
     proxy_v2: bool,
-    /// Add the AWS VPC endpoint id TLV (type 0xEA, subtype 0x01) to the PROXY v2 header
-    #[arg(long, value_name = "ID", requires = "proxy_v2", value_parser = parse_vpce)]
-    vpce: Option<String>,
+    /// Add the AWS VPC endpoint ID TLV (type 0xEA, subtype 0x01) to the PROXY v2 header
+    #[arg(long, value_name = "ID", requires = "proxy_v2", value_parser = VpceId::parse)]
+    vpce: Option<VpceId>,
     /// Also write the results as JSON to FILE (`-` = stdout; the table then goes to stderr)
     #[arg(long, value_name = "FILE")]
     json: Option<String>,
@@ -177,8 +186,8 @@ struct ClientOpts {
 #[derive(Args)]
 struct ThroughputArgs {
     /// Address to connect to: the relay, or serve directly (HOST:PORT)
-    #[arg(long, value_name = "ADDR")]
-    target: String,
+    #[arg(long, value_name = "ADDR", value_parser = parse_server_address)]
+    target: ServerAddress,
     /// Parallel connections
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     streams: u32,
@@ -203,8 +212,8 @@ struct ThroughputArgs {
 #[derive(Args)]
 struct RateArgs {
     /// Address to connect to: the relay, or serve directly (HOST:PORT)
-    #[arg(long, value_name = "ADDR")]
-    target: String,
+    #[arg(long, value_name = "ADDR", value_parser = parse_server_address)]
+    target: ServerAddress,
     /// Workers, each looping connect, request, reply, close
     #[arg(long, value_name = "C", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     concurrency: u32,
@@ -229,8 +238,8 @@ struct RateArgs {
 #[derive(Args)]
 struct LatencyArgs {
     /// Address to connect to: the relay, or serve directly (HOST:PORT)
-    #[arg(long, value_name = "ADDR")]
-    target: String,
+    #[arg(long, value_name = "ADDR", value_parser = parse_server_address)]
+    target: ServerAddress,
     /// Persistent connections
     #[arg(long, value_name = "C", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     connections: u32,
@@ -253,8 +262,8 @@ struct LatencyArgs {
 #[derive(Args)]
 struct IdleArgs {
     /// Address to connect to: the relay, or serve directly (HOST:PORT)
-    #[arg(long, value_name = "ADDR")]
-    target: String,
+    #[arg(long, value_name = "ADDR", value_parser = parse_server_address)]
+    target: ServerAddress,
     /// Connections to open and hold
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     count: u32,
@@ -279,10 +288,6 @@ struct SourceList(Vec<IpAddr>);
 
 fn parse_sources(s: &str) -> Result<SourceList, String> {
     net::parse_sources(s).map(SourceList)
-}
-
-fn parse_vpce(s: &str) -> Result<String, String> {
-    proxy_v2::validate_vpce(s).map(|_| s.to_string())
 }
 
 fn parse_chunk(s: &str) -> Result<u64, String> {
@@ -345,14 +350,17 @@ pub struct ClientCtx {
     pub output: Output,
     pub quiet: bool,
     pub target: SocketAddr,
-    pub vpce: Option<String>,
+    pub vpce: Option<VpceId>,
     pub proxy_v2: bool,
     pub tls: bool,
 }
 
 impl ClientCtx {
-    fn new(target: &str, o: ClientOpts, tls: TlsOpts) -> Result<Self, String> {
-        let target = resolve(target)?;
+    fn new(target: &ServerAddress, o: ClientOpts, tls: TlsOpts) -> Result<Self, String> {
+        let target = match target {
+            ServerAddress::Ip(addr) => *addr,
+            name @ ServerAddress::Name { .. } => resolve(&name.to_string())?,
+        };
         if let Some(pid) = o.pid {
             procfs::cpu_seconds(pid)
                 .map_err(|e| format!("--pid {pid}: cannot read /proc/{pid}/stat: {e}"))?;
@@ -405,7 +413,7 @@ impl ClientCtx {
             measured_s: 0.0,
             proxy_v2: self.proxy_v2,
             tls: self.tls,
-            vpce: self.vpce.clone(),
+            vpce: self.vpce.as_ref().map(VpceId::to_string),
             errors: Default::default(),
             client_cpu_s: None,
             client_cores: None,
@@ -640,6 +648,10 @@ mod tests {
         assert_eq!(parse_request_size("12").unwrap(), 12);
         assert_eq!(parse_reply_size("0").unwrap(), 0);
         assert!(parse_chunk("1KiB").is_err());
+        assert_eq!(parse_chunk("1MiB").unwrap(), 1 << 20);
         assert!(parse_run_duration("0s").is_err());
+        // The config file's forms, no others (bench/tests/cli.rs compares the messages).
+        assert!(parse_chunk("1MB").is_err());
+        assert!(parse_run_duration("10").is_err());
     }
 }

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use l4relay::protocol::proxy_protocol;
+use l4relay::protocol::vpce::VpceId;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::proxy_v2;
 use crate::tls::{ClientTls, Conn};
 
 /// Why an operation failed, as counted in reports.
@@ -165,8 +166,8 @@ pub struct Dialer {
     next_source: AtomicUsize,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
-    /// `Some(vpce)` when `--proxy-v2` is on; the inner option is the VPC endpoint id.
-    proxy: Option<Option<String>>,
+    /// `Some(vpce)` when `--proxy-v2` is on; the inner option is the VPC endpoint ID.
+    proxy: Option<Option<VpceId>>,
     /// Set by `--tls` (the modes that support it).
     tls: Option<Arc<ClientTls>>,
 }
@@ -177,7 +178,7 @@ impl Dialer {
         sources: Vec<IpAddr>,
         connect_timeout: Duration,
         io_timeout: Duration,
-        proxy: Option<Option<String>>,
+        proxy: Option<Option<VpceId>>,
     ) -> Self {
         Self {
             target,
@@ -255,7 +256,9 @@ impl Dialer {
             None => Ok(None),
             Some(vpce) => {
                 let local = stream.local_addr()?;
-                Ok(Some(proxy_v2::encode(local, self.target, vpce.as_deref())))
+                let mut header = Vec::with_capacity(64);
+                proxy_protocol::encode_v2(local, self.target, vpce.as_ref(), &mut header);
+                Ok(Some(header))
             }
         }
     }

@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use l4relay::protocol::proxy_protocol::{self, Accept, Parsed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use crate::protocol::{self, Kind, RequestParser};
-use crate::proxy_v2::{self, Preamble};
 use crate::run::Signals;
 use crate::units::{fmt_bytes, fmt_duration};
 
@@ -60,8 +60,9 @@ struct Stats {
 /// Buffers start here and double up to `--chunk` only for connections that
 /// fill them, so thousands of idle connections cost little memory.
 const INITIAL_BUF: usize = 16 * 1024;
-/// Room for the largest v2 header (16 + 65535) when a relay sends big TLVs.
-const MAX_PREAMBLE: usize = 16 + 65_535 + 4;
+/// What is buffered before the payload is classified: the largest PROXY header the daemon's
+/// parser accepts, then a request header.
+const MAX_PREAMBLE: usize = proxy_protocol::MAX_V2_LEN + protocol::HEADER_LEN;
 
 pub async fn run(cfg: ServeConfig) -> Result<(), String> {
     let sock = if cfg.listen.is_ipv4() {
@@ -210,37 +211,27 @@ async fn strip_proxy_header(s: &mut TcpStream, stats: &Stats) -> io::Result<()> 
     if s.peek(&mut first).await? == 0 {
         return Ok(());
     }
-    let mut header = Vec::with_capacity(128);
-    match first[0] {
-        // v2: 16 bytes that end with the length of the rest.
-        0x0D => {
-            header.resize(16, 0);
-            s.read_exact(&mut header).await?;
-            let rest = usize::from(u16::from_be_bytes([header[14], header[15]]));
-            header.resize(16 + rest, 0);
-            s.read_exact(&mut header[16..]).await?;
-        }
-        // v1: a line, read a byte at a time so as not to read past it.
-        b'P' => {
-            while !header.ends_with(b"\r\n") && header.len() < 107 {
-                let mut byte = [0u8; 1];
-                s.read_exact(&mut byte).await?;
-                header.push(byte[0]);
-            }
-        }
-        // A TLS record (0x16) or anything else: no header.
-        _ => return Ok(()),
+    // A TLS record (0x16) or anything else that cannot begin a header: nothing to strip, and
+    // nothing read.
+    if proxy_protocol::parse(&first, Accept::Any) == Err(proxy_protocol::Error::NotProxy) {
+        return Ok(());
     }
-    match proxy_v2::detect(&header) {
-        Preamble::Header(len) if len == header.len() => {
-            stats.proxy_headers.fetch_add(1, Relaxed);
-            stats.bytes_in.fetch_add(len as u64, Relaxed);
-            Ok(())
+    // `bytes_needed` never asks past the end of the header, so the ClientHello stays unread.
+    let mut header = Vec::with_capacity(128);
+    loop {
+        match proxy_protocol::parse(&header, Accept::Any) {
+            Ok(Parsed::Complete { len, .. }) => {
+                stats.proxy_headers.fetch_add(1, Relaxed);
+                stats.bytes_in.fetch_add(len as u64, Relaxed);
+                return Ok(());
+            }
+            Ok(Parsed::Incomplete) => {
+                let have = header.len();
+                header.resize(proxy_protocol::bytes_needed(&header), 0);
+                s.read_exact(&mut header[have..]).await?;
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "bad PROXY header",
-        )),
     }
 }
 
@@ -311,23 +302,20 @@ async fn reader_modes<S: AsyncRead + AsyncWrite + Unpin>(
     let mut filled = 0;
     let mut eof = false;
     let mut start = 0;
+    // The daemon's own parser decides on the first byte that rules a header out, so a plain
+    // client sending one byte is not kept waiting; a header cut short by EOF is payload.
     loop {
-        match proxy_v2::detect(&buf[..filled]) {
-            Preamble::NeedMore if !eof => {
+        match proxy_protocol::parse(&buf[..filled], Accept::Any) {
+            Ok(Parsed::Incomplete) if !eof => {
                 eof = fill(s, &mut buf, &mut filled, MAX_PREAMBLE, stats).await? == 0
             }
-            Preamble::NeedMore | Preamble::Absent => break,
-            Preamble::Header(len) => {
+            Ok(Parsed::Incomplete) | Err(proxy_protocol::Error::NotProxy) => break,
+            Ok(Parsed::Complete { len, .. }) => {
                 start = len;
                 stats.proxy_headers.fetch_add(1, Relaxed);
                 break;
             }
-            Preamble::Invalid => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "bad PROXY header",
-                ))
-            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }
     let kind = loop {
