@@ -21,7 +21,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
-const BENCH: &str = env!("CARGO_BIN_EXE_l4relay-bench");
+/// The bench tool is a package of its own (bench/): `cargo test` at the workspace root builds it
+/// next to l4relay.
+static BENCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let path = std::path::Path::new(RELAY).with_file_name("l4relay-bench");
+    assert!(
+        path.is_file(),
+        "{} not built: run `cargo test` at the workspace root (or `cargo build -p l4relay-bench`)",
+        path.display()
+    );
+    path.to_str().unwrap().to_owned()
+});
 
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(program)
@@ -237,7 +247,7 @@ fn past_one_sources_ports_the_next_source_past_all_refused_with_the_reason() {
     ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
     let dir = scratch("egress-ports");
     let _server = ns.spawn(
-        BENCH,
+        &BENCH,
         &["serve", "--listen", "10.78.0.1:9000", "--mode", "echo"],
         dir.join("server.err"),
     );
