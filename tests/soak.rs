@@ -13,14 +13,17 @@
 //! active-connection gauge must be back to zero, its descriptors at their baseline (plus pooled
 //! pipes) and its RSS near the baseline taken after a warm-up.
 
-mod common;
+// The end-to-end tests' support module: this binary uses a part of it.
+#[allow(dead_code, unused_imports)]
+#[path = "e2e/support/mod.rs"]
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

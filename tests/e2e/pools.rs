@@ -1,12 +1,10 @@
 //! End-to-end upstream choice: retries past a dead server, weighted round-robin, least
 //! connections, backups.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A port with nothing listening on it (bound, then closed).

@@ -2,14 +2,12 @@
 //! Backpressure has to reach the server (its writes stop), and the relay's memory per such
 //! connection stays at its fixed in-flight buffer, whatever the server would send.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 

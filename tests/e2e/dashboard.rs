@@ -3,14 +3,12 @@
 //! panel has a title, a description and the `${datasource}` datasource, panel ids are unique;
 //! where promtool is installed, every query and the README's alert rules parse as PromQL.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -2,8 +2,6 @@
 //! steady stream of new connections, the systemd notifications in order, and the watchdog ping
 //! withheld while one worker thread is stuck.
 
-mod common;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

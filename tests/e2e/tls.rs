@@ -7,14 +7,12 @@
 //! certificates), and every TLS peer is a real rustls client or server verifying what it is
 //! told to verify.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -365,23 +363,6 @@ async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, what: &str) -> Seen {
 // ---------------------------------------------------------------------------------------------
 // The relay.
 
-fn listener(name: &str, listen: SocketAddr, pool: &str, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"{name}\"\nlisten = \"{listen}\"\npool = \"{pool}\"\n{extra}\n\n"
-    )
-}
-
-fn pool(name: &str, servers: &[SocketAddr], extra: &str) -> String {
-    let mut text = format!("[[pool]]\nname = \"{name}\"\n{extra}\n");
-    for (i, server) in servers.iter().enumerate() {
-        text.push_str(&format!(
-            "  [[pool.server]]\n  name = \"{name}-{i}\"\n  address = \"{server}\"\n"
-        ));
-    }
-    text.push('\n');
-    text
-}
-
 /// `[listener.tls]` with `leaf` as the certificate, plus `extra` keys.
 fn listener_tls(leaf: &Leaf, extra: &str) -> String {
     format!(
@@ -389,25 +370,6 @@ fn listener_tls(leaf: &Leaf, extra: &str) -> String {
         leaf.cert_file.display(),
         leaf.key_file.display()
     )
-}
-
-/// Starts a relay on a config built around fresh listen addresses, again if the port was
-/// taken in between.
-fn start_relay<T>(build: impl Fn() -> (String, T)) -> (RelayProcess, T) {
-    const ATTEMPTS: usize = 3;
-    for attempt in 1..=ATTEMPTS {
-        let (config, addresses) = build();
-        match std::panic::catch_unwind(|| RelayProcess::start(&config)) {
-            Ok(relay) => return (relay, addresses),
-            Err(panic) => {
-                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
-                if attempt == ATTEMPTS || !message.contains("Address already in use") {
-                    std::panic::resume_unwind(panic);
-                }
-            }
-        }
-    }
-    unreachable!()
 }
 
 fn assert_fields(line: &str, fields: &[&str]) {

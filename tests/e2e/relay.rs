@@ -1,12 +1,10 @@
 //! End-to-end relay behaviour against the built binary: bulk integrity on each relay path,
 //! many concurrent connections, half-close, resets, idle timeout.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

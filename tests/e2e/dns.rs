@@ -3,13 +3,11 @@
 //! timeouts until `dns_hold`, and under `require_private` never connects to a public answer.
 //! The DNS responder is a few lines of UDP below; every upstream is on 127.0.0.0/8.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use tokio::net::UdpSocket;
 
 /// How the test DNS server answers.

@@ -3,14 +3,12 @@
 //! `on_down = "close"`, and health state surviving a reload. The built binary runs against
 //! upstreams on loopback; every wait polls /status with a deadline.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

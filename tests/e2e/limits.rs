@@ -1,10 +1,8 @@
 //! End-to-end limits: the process-wide connection limit, and running out of file descriptors.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

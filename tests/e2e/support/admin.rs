@@ -1,0 +1,76 @@
+//! The relay's admin API: requests, /status, and metrics read from /metrics.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One HTTP/1.1 request to the admin listener: (status, body).
+pub async fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(admin).await.expect("connect to admin");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+pub async fn get_status(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = admin_request(admin, "GET", "/status", None).await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+pub fn pool_json<'a>(status: &'a serde_json::Value, pool: &str) -> &'a serde_json::Value {
+    status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pool)
+        .unwrap_or_else(|| panic!("no pool {pool} in {status}"))
+}
+
+/// The /status entries of a pool's server (one per address), in order.
+pub fn servers_json(
+    status: &serde_json::Value,
+    pool: &str,
+    server: &str,
+) -> Vec<serde_json::Value> {
+    pool_json(status, pool)["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == server)
+        .cloned()
+        .collect()
+}
+
+/// The value of the metric line `name{...}` carrying every label pair given; 0 when absent.
+pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (code, text) = admin_request(admin, "GET", "/metrics", None).await;
+    assert_eq!(code, 200);
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

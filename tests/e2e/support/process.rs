@@ -1,0 +1,262 @@
+//! The built `l4relay` binary as a child process, killed by its own pid when dropped; scratch
+//! directories, listen addresses, and polling with a deadline.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_l4relay");
+
+/// How long the relay may take to say it is relaying.
+const START_LIMIT: Duration = Duration::from_secs(20);
+
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "l4relay-test-{}-{}-{}",
+        std::process::id(),
+        name,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Polls `condition` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---- listen addresses ----
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().unwrap()
+}
+
+/// A listen address of its own for a relay: a loopback address no other test (in this process,
+/// or likely in another) uses, with a port the kernel found free on it a moment ago.
+///
+/// Not a port on 127.0.0.1: the relay binds with SO_REUSEPORT, so two relays handed the same
+/// port (tests in parallel, or test runs in parallel) would both start and silently share each
+/// other's connections; and on 127.0.0.1 the tests' own outgoing connections take ports too.
+/// The port can still be taken before the relay binds it: `start_relay` then picks again.
+pub fn listen_addr() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let ip = std::net::Ipv4Addr::new(
+        127,
+        100 + (std::process::id() % 150) as u8,
+        (n / 250) as u8,
+        (n % 250 + 1) as u8,
+    );
+    let probe = StdListener::bind((ip, 0)).expect("bind a loopback address");
+    probe.local_addr().unwrap()
+}
+
+// ---- the relay process ----
+
+/// Starts the relay on a config built around fresh listen addresses. The port `listen_addr()`
+/// found free can still be taken before the relay binds it (rarely, on these addresses): then
+/// the relay exits with "Address already in use", and this builds the config again.
+pub fn start_relay<T>(build: impl Fn() -> (String, T)) -> (RelayProcess, T) {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let (config, addresses) = build();
+        let started = std::panic::catch_unwind(|| RelayProcess::start(&config));
+        match started {
+            Ok(relay) => return (relay, addresses),
+            Err(panic) => {
+                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+                if attempt == ATTEMPTS || !message.contains("Address already in use") {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// A running `l4relay` process, killed (by its own pid) when dropped.
+pub struct RelayProcess {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts `l4relay run` on `config` and waits until it reports that it is relaying.
+    pub fn start(config: &str) -> RelayProcess {
+        Self::start_with_shell_prefix(config, None)
+    }
+
+    /// Like `start`, with a shell snippet run before exec (e.g. "ulimit -n 256").
+    pub fn start_with_shell_prefix(config: &str, prefix: Option<&str>) -> RelayProcess {
+        Self::start_with(config, prefix, &[])
+    }
+
+    /// Like `start`, with a shell prefix and extra environment variables.
+    pub fn start_with(config: &str, prefix: Option<&str>, envs: &[(&str, &str)]) -> RelayProcess {
+        let dir = scratch_dir("relay");
+        let config_path = dir.join("l4relay.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let stdout = std::fs::File::create(dir.join("stdout")).unwrap();
+        let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+        let mut command = match prefix {
+            None => {
+                let mut c = Command::new(BIN);
+                c.arg("run").arg("--config").arg(&config_path);
+                c
+            }
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("{prefix}; exec \"$0\" run --config \"$1\""))
+                    .arg(BIN)
+                    .arg(&config_path);
+                c
+            }
+        };
+        command.envs(envs.iter().copied());
+        let child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn l4relay");
+        let mut relay = RelayProcess {
+            child,
+            dir,
+            config_path,
+        };
+        relay.wait_for_stderr("relaying on", START_LIMIT);
+        relay
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    /// Blocks until stderr contains `text`; panics with the log if it does not in time.
+    pub fn wait_for_stderr(&mut self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stderr().contains(text) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "l4relay exited ({status}) before logging {text:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} within {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the access log has at least `n` lines.
+    pub async fn wait_for_log_lines(&self, n: usize, limit: Duration) -> Vec<String> {
+        let ok = eventually(limit, || self.access_log().lines().count() >= n).await;
+        let lines: Vec<String> = self.access_log().lines().map(str::to_string).collect();
+        assert!(
+            ok,
+            "expected {n} access-log lines, got {}:\n{}",
+            lines.len(),
+            lines.join("\n")
+        );
+        lines
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(name)
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code, or None if it is still running at `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 1000 / clock_ticks_per_second())
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100)
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("relay stderr:\n{}", self.stderr());
+            let log = self.access_log();
+            let unusual: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("end=client_closed"))
+                .take(20)
+                .collect();
+            eprintln!(
+                "access log: {} lines; unusual ones:\n{}",
+                log.lines().count(),
+                unusual.join("\n")
+            );
+        }
+    }
+}
