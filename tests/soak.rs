@@ -62,22 +62,25 @@ struct FlappingServer {
 
 impl FlappingServer {
     async fn start() -> FlappingServer {
-        let addr = free_addr();
+        let first = listen_reusable("127.0.0.1:0".parse().unwrap()).expect("bind 127.0.0.1:0");
+        let addr = first.local_addr().unwrap();
         let listening = Arc::new(AtomicBool::new(true));
         let flag = Arc::clone(&listening);
         tokio::spawn(async move {
+            let mut first = Some(first);
             loop {
                 if !flag.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
-                let socket = TcpSocket::new_v4().unwrap();
-                socket.set_reuseaddr(true).unwrap();
-                let Ok(()) = socket.bind(addr) else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
+                // Its own port again: taken meanwhile (as an outgoing connection's), try again.
+                let listener = match first.take().map_or_else(|| listen_reusable(addr), Ok) {
+                    Ok(listener) => listener,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
                 };
-                let listener = socket.listen(4096).unwrap();
                 // Accept until told to stop; the connections already made run on.
                 while flag.load(Ordering::SeqCst) {
                     let accepted =
@@ -94,6 +97,14 @@ impl FlappingServer {
         });
         FlappingServer { addr, listening }
     }
+}
+
+/// A listener with SO_REUSEADDR (it listens again while accepted connections linger).
+fn listen_reusable(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn connect_with_header(relay: SocketAddr) -> Option<TcpStream> {
@@ -187,13 +198,14 @@ async fn soak_mixed_load_with_reloads_and_flaps() {
     raise_nofile(8192);
     let servers = [FlappingServer::start().await, FlappingServer::start().await];
     let server_addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    let (listen, admin) = (free_addr(), free_addr());
     let idle_timeout = Duration::from_secs(seconds + 300);
+    let (relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        relay_config(listen, admin, &server_addrs, "2s", idle_timeout)
+    });
     let configs = [
         relay_config(listen, admin, &server_addrs, "2s", idle_timeout),
         relay_config(listen, admin, &server_addrs, "3s", idle_timeout),
     ];
-    let relay = RelayProcess::start(&configs[0]);
     let pid = relay.pid();
     let (rss_start, fds_start) = (rss_kib(pid), relay.open_fds());
 

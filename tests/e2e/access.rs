@@ -10,24 +10,20 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_and_deny_on_the_socket_peer() {
     let (server, accepted) = echo_server().await;
-    let (relay, (listen_allow, listen_deny)) = start_relay(|| {
-        let (listen_allow, listen_deny) = (listen_addr(), listen_addr());
-        (
-            assemble_config(
-                None,
-                &[
-                    listener("allow", listen_allow, "p", "allow = [\"127.0.0.1/32\"]"),
-                    // 127.0.0.2 is in both lists: deny wins.
-                    listener(
-                        "deny",
-                        listen_deny,
-                        "p",
-                        "allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.2/32\", \"127.0.0.3\"]",
-                    ),
-                ],
-                &[pool("p", &[server], "")],
-            ),
-            (listen_allow, listen_deny),
+    let (relay, [listen_allow, listen_deny]) = start_relay(|[listen_allow, listen_deny]| {
+        assemble_config(
+            None,
+            &[
+                listener("allow", listen_allow, "p", "allow = [\"127.0.0.1/32\"]"),
+                // 127.0.0.2 is in both lists: deny wins.
+                listener(
+                    "deny",
+                    listen_deny,
+                    "p",
+                    "allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.2/32\", \"127.0.0.3\"]",
+                ),
+            ],
+            &[pool("p", &[server], "")],
         )
     });
 
@@ -99,9 +95,8 @@ async fn allow_and_deny_on_the_socket_peer() {
 async fn allow_rules_apply_to_the_proxy_source_and_vpce() {
     let (server, accepted) = echo_server().await;
     let allowed_vpce = "vpce-0123456789abcdef0";
-    let (relay, (listen_vpce, listen_cidr)) = start_relay(|| {
-        let (listen_vpce, listen_cidr) = (listen_addr(), listen_addr());
-        (assemble_config(
+    let (relay, [listen_vpce, listen_cidr]) = start_relay(|[listen_vpce, listen_cidr]| {
+        assemble_config(
             None,
         &[
             listener(
@@ -120,7 +115,7 @@ async fn allow_rules_apply_to_the_proxy_source_and_vpce() {
             ),
         ],
         &[pool("p", &[server], "")],
-    ), (listen_vpce, listen_cidr))
+    )
     });
 
     let cases = [
@@ -248,16 +243,12 @@ async fn allow_rules_apply_to_the_proxy_source_and_vpce() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_header_from_a_peer_outside_proxy_protocol_from_is_refused() {
     let (server, accepted) = echo_server().await;
-    let (relay, listen) = start_relay(|| {
-        let listen = listen_addr();
-        (
-            config(
-                listen,
-                &[server],
-                "proxy_protocol = \"v2\"\nproxy_protocol_from = [\"127.0.0.1/32\"]",
-                "",
-            ),
+    let (relay, [listen]) = start_relay(|[listen]| {
+        config(
             listen,
+            &[server],
+            "proxy_protocol = \"v2\"\nproxy_protocol_from = [\"127.0.0.1/32\"]",
+            "",
         )
     });
     let header = proxy_v2("192.0.2.1:4001", "198.51.100.1:443", &[]);
@@ -286,16 +277,12 @@ async fn proxy_header_from_a_peer_outside_proxy_protocol_from_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_vpce_limit() {
     let (server, _) = echo_server().await;
-    let (relay, listen) = start_relay(|| {
-        let listen = listen_addr();
-        (
-            config(
-                listen,
-                &[server],
-                "proxy_protocol = \"v2\"\nmax_connections_per_vpce = 2",
-                "",
-            ),
+    let (relay, [listen]) = start_relay(|[listen]| {
+        config(
             listen,
+            &[server],
+            "proxy_protocol = \"v2\"\nmax_connections_per_vpce = 2",
+            "",
         )
     });
     let (a, b) = ("vpce-0aaaaaaaaaaaaaaa1", "vpce-0bbbbbbbbbbbbbbb2");
@@ -351,24 +338,20 @@ async fn per_vpce_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_source_limit() {
     let (server, _) = echo_server().await;
-    let (relay, (listen, listen_pp)) = start_relay(|| {
-        let (listen, listen_pp) = (listen_addr(), listen_addr());
-        (
-            assemble_config(
-                None,
-                &[
-                    listener("plain", listen, "p", "max_connections_per_source = 2"),
-                    // Behind a PROXY header, the limit is on the header's source, not the socket peer.
-                    listener(
-                        "pp",
-                        listen_pp,
-                        "p",
-                        "proxy_protocol = \"v2\"\nmax_connections_per_source = 2",
-                    ),
-                ],
-                &[pool("p", &[server], "")],
-            ),
-            (listen, listen_pp),
+    let (relay, [listen, listen_pp]) = start_relay(|[listen, listen_pp]| {
+        assemble_config(
+            None,
+            &[
+                listener("plain", listen, "p", "max_connections_per_source = 2"),
+                // Behind a PROXY header, the limit is on the header's source, not the socket peer.
+                listener(
+                    "pp",
+                    listen_pp,
+                    "p",
+                    "proxy_protocol = \"v2\"\nmax_connections_per_source = 2",
+                ),
+            ],
+            &[pool("p", &[server], "")],
         )
     });
 

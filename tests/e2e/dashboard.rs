@@ -330,11 +330,11 @@ async fn every_metric_on_the_dashboard_is_exported_by_the_relay() {
     // The real relay, with one relayed connection (so the histograms have samples) and one
     // reload (config_reloads_total appears only then).
     let (server, _) = echo_server().await;
-    let (listen, admin) = (free_addr(), free_addr());
-    // A client from 127.0.0.2 is denied, so refusals by reason are exported too.
-    let config = config(listen, &[server], "deny = [\"127.0.0.2/32\"]", "")
-        .replace("listen = \"off\"", &format!("listen = \"{admin}\""));
-    let mut relay = RelayProcess::start(&config);
+    let (mut relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        // A client from 127.0.0.2 is denied, so refusals by reason are exported too.
+        config(listen, &[server], "deny = [\"127.0.0.2/32\"]", "")
+            .replace("listen = \"off\"", &format!("listen = \"{admin}\""))
+    });
     let denied = tokio::net::TcpSocket::new_v4().unwrap();
     denied.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     if let Ok(mut refused) = denied.connect(listen).await {

@@ -162,22 +162,26 @@ async fn wait_status(
     }
 }
 
-/// Upstreams named `names` on 127.0.0.2, .3, ... all on one port.
+/// Upstreams named `names` on 127.0.0.2, .3, ... all on one port: the kernel's choice on
+/// 127.0.0.2, tried on the others (and chosen again if one of them has it taken).
 async fn upstreams(names: &[&'static str]) -> (u16, Vec<Upstream>) {
     'port: for _ in 0..20 {
-        let first = Upstream::start_at("127.0.0.2:0".parse().unwrap(), names[0]).await;
+        let first = Upstream::start_at("127.0.0.2:0".parse().unwrap(), names[0])
+            .await
+            .expect("bind an upstream on 127.0.0.2");
         let port = first.addr.port();
         let mut all = vec![first];
         for (i, name) in names.iter().enumerate().skip(1) {
             let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], port));
-            if std::net::TcpListener::bind(addr).is_err() {
-                continue 'port;
+            match Upstream::start_at(addr, name).await {
+                Ok(upstream) => all.push(upstream),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue 'port,
+                Err(e) => panic!("bind an upstream on {addr}: {e}"),
             }
-            all.push(Upstream::start_at(addr, name).await);
         }
         return (port, all);
     }
-    panic!("no port free on 127.0.0.2-4");
+    panic!("no port free on all of 127.0.0.2-{}", 1 + names.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,14 +189,15 @@ async fn the_pool_follows_dns_answers_and_ttls_and_keeps_the_last_good_set_on_fa
     let (port, _upstreams) = upstreams(&["two", "three", "four"]).await;
     let zone = zone(Mode::Answer, &["127.0.0.2"], 1);
     let dns = dns_server(Arc::clone(&zone)).await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let relay = RelayProcess::start(&dns_config(
-        admin,
-        listen,
-        dns,
-        port,
-        "dns_max_ttl = \"10s\"\ndns_hold = \"3s\"",
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        dns_config(
+            admin,
+            listen,
+            dns,
+            port,
+            "dns_max_ttl = \"10s\"\ndns_hold = \"3s\"",
+        )
+    });
     let started = Instant::now();
     let two = format!("127.0.0.2:{port}");
     wait_status(admin, Duration::from_secs(5), "resolved", |s| {
@@ -288,15 +293,10 @@ async fn require_private_never_connects_to_a_public_answer() {
     // Silent at first: starting must not wait for DNS.
     let zone = zone(Mode::Silent, &[], 1);
     let dns = dns_server(Arc::clone(&zone)).await;
-    let (admin, listen) = (free_addr(), free_addr());
     let started = Instant::now();
-    let mut relay = RelayProcess::start(&dns_config(
-        admin,
-        listen,
-        dns,
-        port,
-        "require_private = true",
-    ));
+    let (mut relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        dns_config(admin, listen, dns, port, "require_private = true")
+    });
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "start took {:?}",

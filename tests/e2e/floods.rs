@@ -182,16 +182,16 @@ async fn floods_and_slowloris_are_closed_at_handshake_timeout_and_legit_clients_
         ATTACKERS + 1000
     );
     let (server, _) = echo_server().await;
-    let (pp, sni) = (free_addr(), free_addr());
-    let text = format!(
+    let (relay, [pp, sni]) = start_relay(|[pp, sni]| {
+        format!(
         "[admin]\nlisten = \"off\"\n\n\
          [[listener]]\nname = \"pp\"\nlisten = \"{pp}\"\npool = \"p\"\nproxy_protocol = \"v1\"\n\
          handshake_timeout = \"2s\"\nbacklog = 4096\n\n\
          [[listener]]\nname = \"sni\"\nlisten = \"{sni}\"\npool = \"p\"\nhandshake_timeout = \"2s\"\n\
          backlog = 4096\n  [[listener.route]]\n  server_names = [\"a.test\"]\n  pool = \"p\"\n\n\
          [[pool]]\nname = \"p\"\n  [[pool.server]]\n  address = \"{server}\"\n"
-    );
-    let relay = RelayProcess::start(&text);
+    )
+    });
 
     // Baseline: legitimate traffic alone.
     let (mut quiet, quiet_failed) = legit_traffic(pp, Duration::from_secs(3)).await;

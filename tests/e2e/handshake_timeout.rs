@@ -12,9 +12,8 @@ use crate::support::*;
 async fn handshake_timeout_closes_silent_and_partial_clients() {
     let (server, accepted) = echo_server().await;
     let routes = "route_fallback = \"pool\"\n[[listener.route]]\nserver_names = [\"api.example.com\"]\npool = \"p\"\n";
-    let (relay, (listen_pp, listen_sni)) = start_relay(|| {
-        let (listen_pp, listen_sni) = (listen_addr(), listen_addr());
-        let config = assemble_config(
+    let (relay, [listen_pp, listen_sni]) = start_relay(|[listen_pp, listen_sni]| {
+        assemble_config(
             None,
             &[
                 listener(
@@ -31,8 +30,7 @@ async fn handshake_timeout_closes_silent_and_partial_clients() {
                 ),
             ],
             &[pool("p", &[server], "")],
-        );
-        (config, (listen_pp, listen_sni))
+        )
     });
 
     let half_v2 = proxy_v2("192.0.2.1:1000", "198.51.100.1:443", &[])[..20].to_vec();

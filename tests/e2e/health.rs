@@ -76,15 +76,16 @@ const SLACK: Duration = Duration::from_millis(700);
 async fn a_stopped_server_goes_down_within_fall_checks_and_back_up_within_rise() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"tcp\"\ninterval = \"200ms\"\nfast_interval = \"100ms\"\njitter = \"20ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\npassive_fall = 0";
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[("a", a.addr, ""), ("b", b.addr, "")],
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health = "check = \"tcp\"\ninterval = \"200ms\"\nfast_interval = \"100ms\"\njitter = \"20ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\npassive_fall = 0";
+        relay_config(
+            admin,
+            listen,
+            "",
+            health,
+            &[("a", a.addr, ""), ("b", b.addr, "")],
+        )
+    });
     wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
     wait_state(admin, "p", "b", "up", Duration::from_secs(5)).await;
 
@@ -194,15 +195,10 @@ async fn http_checks_accept_configured_statuses_and_show_the_firewall_reason() {
     let code = Arc::new(AtomicU16::new(401));
     let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
     let server = http_upstream(Arc::clone(&code), Arc::clone(&heads), Duration::ZERO).await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"http\"\npath = \"/openai/models\"\nhost = \"myres.openai.azure.com\"\nstatuses = [\"401\"]\nfirewall_statuses = [\"403\"]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1";
-    let _relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[("aoai", server, "")],
-    ));
+    let (_relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health = "check = \"http\"\npath = \"/openai/models\"\nhost = \"myres.openai.azure.com\"\nstatuses = [\"401\"]\nfirewall_statuses = [\"403\"]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1";
+        relay_config(admin, listen, "", health, &[("aoai", server, "")])
+    });
     wait_state(admin, "p", "aoai", "up", Duration::from_secs(5)).await;
     {
         let heads = heads.lock().unwrap();
@@ -283,16 +279,11 @@ async fn a_client_arriving_before_the_first_check_has_answered_waits_for_it() {
         Duration::from_millis(300),
     )
     .await;
-    let (admin, listen) = (free_addr(), free_addr());
     let health = "check = \"http\"\ninterval = \"5s\"\ntimeout = \"2s\"";
     let started = Instant::now();
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[("web", server, "")],
-    ));
+    let (relay, [_, listen]) = start_relay(|[admin, listen]| {
+        relay_config(admin, listen, "", health, &[("web", server, "")])
+    });
     let mut client = TcpStream::connect(listen).await.unwrap();
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -314,14 +305,15 @@ async fn a_client_arriving_before_the_first_check_has_answered_waits_for_it() {
 async fn checks_send_a_proxy_v2_local_header_when_the_pool_sends_proxy_headers() {
     let listener = upstream_listener();
     let server = listener.local_addr().unwrap();
-    let (admin, listen) = (free_addr(), free_addr());
-    let _relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "send_proxy = \"v2\"",
-        "check = \"tcp\"\ninterval = \"100ms\"",
-        &[("s", server, "")],
-    ));
+    let (_relay, _) = start_relay(|[admin, listen]| {
+        relay_config(
+            admin,
+            listen,
+            "send_proxy = \"v2\"",
+            "check = \"tcp\"\ninterval = \"100ms\"",
+            &[("s", server, "")],
+        )
+    });
     let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
         .await
         .expect("a check connected")
@@ -358,16 +350,17 @@ async fn blackhole() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
 async fn passive_detection_marks_a_blackholed_server_down_before_its_next_check() {
     let (hole, _socket, _queued) = blackhole().await;
     let b = Upstream::start("b").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    // Checks every 10 s: far longer than the test; only live traffic can notice in time.
-    let health = "check = \"tcp\"\ninterval = \"10s\"\ntimeout = \"300ms\"\nrise = 1\nfall = 3\ninit_state = \"up\"\npassive_fall = 3";
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "connect_timeout = \"200ms\"\nretries = 1",
-        health,
-        &[("hole", hole, ""), ("b", b.addr, "")],
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        // Checks every 10 s: far longer than the test; only live traffic can notice in time.
+        let health = "check = \"tcp\"\ninterval = \"10s\"\ntimeout = \"300ms\"\nrise = 1\nfall = 3\ninit_state = \"up\"\npassive_fall = 3";
+        relay_config(
+            admin,
+            listen,
+            "connect_timeout = \"200ms\"\nretries = 1",
+            health,
+            &[("hole", hole, ""), ("b", b.addr, "")],
+        )
+    });
     assert_eq!(server_state(admin, "p", "hole").await, "up");
 
     let started = Instant::now();
@@ -415,18 +408,19 @@ async fn passive_detection_marks_a_blackholed_server_down_before_its_next_check(
 async fn backups_take_over_when_the_primaries_are_down_and_give_back() {
     let primary = Upstream::start("primary").await;
     let backup = Upstream::start("backup").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\npassive_fall = 0";
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[
-            ("primary", primary.addr, ""),
-            ("backup", backup.addr, "  backup = true"),
-        ],
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health = "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\npassive_fall = 0";
+        relay_config(
+            admin,
+            listen,
+            "",
+            health,
+            &[
+                ("primary", primary.addr, ""),
+                ("backup", backup.addr, "  backup = true"),
+            ],
+        )
+    });
     wait_state(admin, "p", "primary", "up", Duration::from_secs(5)).await;
     wait_state(admin, "p", "backup", "up", Duration::from_secs(5)).await;
     for _ in 0..5 {
@@ -489,15 +483,16 @@ async fn backups_take_over_when_the_primaries_are_down_and_give_back() {
 async fn slow_start_ramps_the_share_of_a_server_coming_back() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"tcp\"\ninterval = \"100ms\"\nfast_interval = \"50ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\npassive_fall = 0";
-    let _relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "balance = \"round-robin\"\nslow_start = \"2s\"",
-        health,
-        &[("a", a.addr, ""), ("b", b.addr, "")],
-    ));
+    let (_relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health = "check = \"tcp\"\ninterval = \"100ms\"\nfast_interval = \"50ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\npassive_fall = 0";
+        relay_config(
+            admin,
+            listen,
+            "balance = \"round-robin\"\nslow_start = \"2s\"",
+            health,
+            &[("a", a.addr, ""), ("b", b.addr, "")],
+        )
+    });
     wait_state(admin, "p", "b", "up", Duration::from_secs(5)).await;
     wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
     b.stop().await;
@@ -543,14 +538,15 @@ async fn slow_start_ramps_the_share_of_a_server_coming_back() {
 async fn draining_through_the_admin_stops_new_connections_while_open_ones_finish() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let _relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        "",
-        &[("a", a.addr, ""), ("b", b.addr, "")],
-    ));
+    let (_relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        relay_config(
+            admin,
+            listen,
+            "",
+            "",
+            &[("a", a.addr, ""), ("b", b.addr, "")],
+        )
+    });
     let mut held = loop {
         let (stream, name) = try_which(listen).await.unwrap();
         if name == "a" {
@@ -603,15 +599,17 @@ async fn draining_through_the_admin_stops_new_connections_while_open_ones_finish
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_down_close_closes_the_connections_of_a_server_that_goes_down() {
     let a = Upstream::start("a").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1";
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "on_down = \"close\"",
-        health,
-        &[("a", a.addr, "")],
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health =
+            "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1";
+        relay_config(
+            admin,
+            listen,
+            "on_down = \"close\"",
+            health,
+            &[("a", a.addr, "")],
+        )
+    });
     wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
     let (mut stream, _) = try_which(listen).await.unwrap();
     a.stop().await;
@@ -629,16 +627,11 @@ async fn on_down_close_closes_the_connections_of_a_server_that_goes_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_the_servers_health_state() {
     let a = Upstream::start("a").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    // Slow checks and rise 3: a server the reload forgot would be "unknown" for seconds.
-    let health = "check = \"tcp\"\ninterval = \"2s\"\ntimeout = \"200ms\"\nrise = 3\nfall = 3";
-    let mut relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[("a", a.addr, "")],
-    ));
+    let (mut relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        // Slow checks and rise 3: a server the reload forgot would be "unknown" for seconds.
+        let health = "check = \"tcp\"\ninterval = \"2s\"\ntimeout = \"200ms\"\nrise = 3\nfall = 3";
+        relay_config(admin, listen, "", health, &[("a", a.addr, "")])
+    });
     wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
     let (code, _) = admin_request(admin, "POST", "/pools/p/servers/a/drain", Some(TOKEN)).await;
     assert_eq!(code, 200);
@@ -741,13 +734,13 @@ async fn tls_checks_verify_the_certificate_and_its_name() {
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, CA_PEM).unwrap();
     let ca = ca.display();
-    let (admin, listen) = (free_addr(), free_addr());
-    let check = |sni: &str, extra: &str| {
-        format!("  [pool.health]\n  check = \"tls\"\n  sni = \"{sni}\"\n  interval = \"100ms\"\n  timeout = \"1s\"\n  rise = 1\n  fall = 1\n{extra}\n  [[pool.server]]\n  name = \"tls\"\n  address = \"{server}\"\n")
-    };
-    let mut config = relay_config(admin, listen, "", "", &[]);
-    config.push_str(&check("localhost", &format!("  ca_file = \"{ca}\"")));
-    for (pool, body) in [
+    let (_relay, [admin, _]) = start_relay(|[admin, listen]| {
+        let check = |sni: &str, extra: &str| {
+            format!("  [pool.health]\n  check = \"tls\"\n  sni = \"{sni}\"\n  interval = \"100ms\"\n  timeout = \"1s\"\n  rise = 1\n  fall = 1\n{extra}\n  [[pool.server]]\n  name = \"tls\"\n  address = \"{server}\"\n")
+        };
+        let mut config = relay_config(admin, listen, "", "", &[]);
+        config.push_str(&check("localhost", &format!("  ca_file = \"{ca}\"")));
+        for (pool, body) in [
         ("wrong-name", check("other.example", &format!("  ca_file = \"{ca}\""))),
         ("system-roots", check("localhost", "")),
         ("unverified", check("other.example", "  verify = false")),
@@ -758,7 +751,8 @@ async fn tls_checks_verify_the_certificate_and_its_name() {
     ] {
         config.push_str(&format!("\n[[pool]]\nname = \"{pool}\"\n{body}"));
     }
-    let _relay = RelayProcess::start(&config);
+        config
+    });
     wait_state(admin, "p", "tls", "up", Duration::from_secs(5)).await;
     wait_state(admin, "https", "tls", "up", Duration::from_secs(5)).await;
     wait_state(admin, "unverified", "tls", "up", Duration::from_secs(5)).await;
@@ -790,8 +784,8 @@ fn check_warns_about_unverified_tls_checks() {
     let dir = scratch_dir("check");
     let path = dir.join("l4relay.toml");
     let text = relay_config(
-        free_addr(),
-        free_addr(),
+        unused_addr(),
+        unused_addr(),
         "",
         "check = \"tls\"\nverify = false",
         &[("x", "127.0.0.1:9".parse().unwrap(), "")],

@@ -74,12 +74,12 @@ async fn echo_works(addr: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_under_load() {
     let (server, _) = echo_server().await;
-    let (listen, admin) = (free_addr(), free_addr());
-    let config = config(listen, &[server], "", "").replace(
+    let (mut relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        config(listen, &[server], "", "").replace(
         "[admin]\nlisten = \"off\"",
         &format!("[drain]\nannounce = \"2s\"\ndeadline = \"10s\"\nclose_spread = \"1s\"\n\n[admin]\nlisten = \"{admin}\""),
-    );
-    let mut relay = RelayProcess::start(&config);
+    )
+    });
     assert_eq!(http_status(admin, "/readyz").await, Some(200));
 
     // Three 200 MiB transfers paced over ~4 s: in flight across the whole announce phase and
@@ -167,8 +167,7 @@ async fn drain_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_exits_at_once() {
     let (server, _) = echo_server().await;
-    let listen = free_addr();
-    let mut relay = RelayProcess::start(&config(listen, &[server], "", ""));
+    let (mut relay, [listen]) = start_relay(|[listen]| config(listen, &[server], "", ""));
     let _open = TcpStream::connect(listen).await.unwrap();
     relay.signal("TERM");
     assert!(
@@ -185,8 +184,7 @@ async fn a_second_sigterm_exits_at_once() {
 async fn reload_under_a_steady_stream_of_connections() {
     let (a, _) = named_server("a").await;
     let (b, _) = named_server("b").await;
-    let (listen, extra, admin) = (free_addr(), free_addr(), free_addr());
-    let base = |server: SocketAddr, with_extra: bool| {
+    let base = |[listen, extra, admin]: [SocketAddr; 3], server: SocketAddr, with_extra: bool| {
         let mut text = format!(
             "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"main\"\nlisten = \"{listen}\"\npool = \"p\"\n"
         );
@@ -200,7 +198,9 @@ async fn reload_under_a_steady_stream_of_connections() {
         ));
         text
     };
-    let mut relay = RelayProcess::start(&base(a, false));
+    // `extra`, a loopback address of its own like the others, is bound at the first reload.
+    let (mut relay, addrs) = start_relay(|addrs| base(addrs, a, false));
+    let [listen, extra, admin] = addrs;
 
     // A few hundred new connections a second, each reading which server answered.
     let failures = Arc::new(AtomicU64::new(0));
@@ -259,7 +259,7 @@ async fn reload_under_a_steady_stream_of_connections() {
     );
 
     // Reload 1: the pool moves to server b, and a listener is added.
-    std::fs::write(&relay.config_path, base(b, true)).unwrap();
+    std::fs::write(&relay.config_path, base(addrs, b, true)).unwrap();
     relay.signal("HUP");
     relay.wait_for_stderr("reload: done", Duration::from_secs(5));
     assert!(
@@ -290,7 +290,7 @@ async fn reload_under_a_steady_stream_of_connections() {
     );
 
     // Reload 3: the added listener is removed again.
-    std::fs::write(&relay.config_path, base(b, false)).unwrap();
+    std::fs::write(&relay.config_path, base(addrs, b, false)).unwrap();
     relay.signal("HUP");
     assert!(
         eventually(Duration::from_secs(5), || relay
@@ -456,19 +456,21 @@ impl Drop for NotifySocket {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_notifications_arrive_in_order() {
     let (server, _) = echo_server().await;
-    let listen = free_addr();
     let mut notify = NotifySocket::bind();
-    let config = config(listen, &[server], "", "").replace(
-        "[admin]",
-        "[drain]\nannounce = \"100ms\"\ndeadline = \"1s\"\n\n[admin]",
-    );
-    let mut relay = RelayProcess::start_with(
-        &config,
-        None,
-        &[
-            ("NOTIFY_SOCKET", notify.path()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
+    let (mut relay, [_]) = start_relay_with(
+        Launch {
+            shell_prefix: None,
+            envs: &[
+                ("NOTIFY_SOCKET", notify.path()),
+                ("WATCHDOG_USEC", "400000"),
+            ],
+        },
+        |[listen]| {
+            config(listen, &[server], "", "").replace(
+                "[admin]",
+                "[drain]\nannounce = \"100ms\"\ndeadline = \"1s\"\n\n[admin]",
+            )
+        },
     );
     let limit = Duration::from_secs(5);
     notify.receive_until("READY=1", limit);
@@ -662,25 +664,24 @@ fn a_stuck_worker_withholds_the_watchdog_ping() {
         .build()
         .unwrap();
     let (server, _) = runtime.block_on(echo_server());
-    let (listen, admin) = (free_addr(), free_addr());
-    let config = format!(
-        "[global]\nworkers = 2\n\n{}",
-        config(listen, &[server], "", "").replace(
-            "[admin]\nlisten = \"off\"",
-            &format!("[admin]\nlisten = \"{admin}\""),
-        )
-    );
     let mut notify = NotifySocket::bind();
     // WatchdogSec=300ms: a ping every 150 ms (half the interval, as sd_watchdog_enabled(3)
     // advises). WATCHDOG_PID names the process the watchdog is meant for, as systemd sets it:
     // the shell's pid, which `exec` hands on to l4relay.
-    let relay = RelayProcess::start_with(
-        &config,
-        Some("WATCHDOG_PID=$$; export WATCHDOG_PID"),
-        &[
-            ("NOTIFY_SOCKET", notify.path()),
-            ("WATCHDOG_USEC", "300000"),
-        ],
+    let (relay, [listen, admin]) = start_relay_with(
+        Launch {
+            shell_prefix: Some("WATCHDOG_PID=$$; export WATCHDOG_PID"),
+            envs: &[
+                ("NOTIFY_SOCKET", notify.path()),
+                ("WATCHDOG_USEC", "300000"),
+            ],
+        },
+        |[listen, admin]| {
+            format!(
+                "[global]\nworkers = 2\n\n{}",
+                config_with_admin(admin, listen, &[server], "", "")
+            )
+        },
     );
     let pid = relay.pid();
     for _ in 0..3 {

@@ -4,6 +4,7 @@
 //! run a part of it, and the tests that need more than cargo.
 
 mod support;
+mod support_tests;
 
 // A connection's first moments.
 mod access;

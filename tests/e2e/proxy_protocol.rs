@@ -20,13 +20,8 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_v2_vectors_end_to_end() {
     let (server, accepted) = echo_server().await;
-    let (relay, listen) = start_relay(|| {
-        let listen = listen_addr();
-        (
-            config(listen, &[server], "proxy_protocol = \"v2\"", ""),
-            listen,
-        )
-    });
+    let (relay, [listen]) =
+        start_relay(|[listen]| config(listen, &[server], "proxy_protocol = \"v2\"", ""));
 
     // (what, header, expected client= (None: the socket's own peer), expected vpce=)
     let vpce_first = "vpce-0000000000000000a";
@@ -197,13 +192,8 @@ const V1_LONGEST: [u8; 107] = {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_v1_vectors_end_to_end() {
     let (server, accepted) = echo_server().await;
-    let (relay, listen) = start_relay(|| {
-        let listen = listen_addr();
-        (
-            config(listen, &[server], "proxy_protocol = \"v1\"", ""),
-            listen,
-        )
-    });
+    let (relay, [listen]) =
+        start_relay(|[listen]| config(listen, &[server], "proxy_protocol = \"v1\"", ""));
 
     let cases: [(&str, &[u8], Option<&str>); 5] = [
         (
@@ -272,9 +262,8 @@ async fn proxy_v1_vectors_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_proxy_headers_are_refused_and_logged() {
     let (server, accepted) = echo_server().await;
-    let (relay, (listen_v2, listen_v1, listen_any)) = start_relay(|| {
-        let (listen_v2, listen_v1, listen_any) = (listen_addr(), listen_addr(), listen_addr());
-        (
+    let (relay, [listen_v2, listen_v1, listen_any]) =
+        start_relay(|[listen_v2, listen_v1, listen_any]| {
             assemble_config(
                 None,
                 &[
@@ -283,10 +272,8 @@ async fn malformed_proxy_headers_are_refused_and_logged() {
                     listener("any", listen_any, "p", "proxy_protocol = \"any\""),
                 ],
                 &[pool("p", &[server], "")],
-            ),
-            (listen_v2, listen_v1, listen_any),
-        )
-    });
+            )
+        });
 
     // A bystander, relaying before and after the malformed connections.
     let good = proxy_v2("192.0.2.50:5000", "198.51.100.1:443", &[]);
@@ -514,18 +501,14 @@ async fn malformed_proxy_headers_are_refused_and_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_proxy_header_is_payload() {
     let (server, _, mut received) = recording_server().await;
-    let (relay, (listen_v2, listen_any)) = start_relay(|| {
-        let (listen_v2, listen_any) = (listen_addr(), listen_addr());
-        (
-            assemble_config(
-                None,
-                &[
-                    listener("v2", listen_v2, "p", "proxy_protocol = \"v2\""),
-                    listener("any", listen_any, "p", "proxy_protocol = \"any\""),
-                ],
-                &[pool("p", &[server], "")],
-            ),
-            (listen_v2, listen_any),
+    let (relay, [listen_v2, listen_any]) = start_relay(|[listen_v2, listen_any]| {
+        assemble_config(
+            None,
+            &[
+                listener("v2", listen_v2, "p", "proxy_protocol = \"v2\""),
+                listener("any", listen_any, "p", "proxy_protocol = \"any\""),
+            ],
+            &[pool("p", &[server], "")],
         )
     });
 

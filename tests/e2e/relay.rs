@@ -40,13 +40,8 @@ async fn exchange_server(
 async fn both_ways_at_once(relay_mode: &str) {
     const LEN: u64 = 256 << 20;
     let (server, mut server_got) = exchange_server(2, LEN).await;
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(
-        listen,
-        &[server],
-        &format!("relay = \"{relay_mode}\""),
-        "",
-    ));
+    let (relay, [listen]) =
+        start_relay(|[listen]| config(listen, &[server], &format!("relay = \"{relay_mode}\""), ""));
 
     let stream = TcpStream::connect(listen).await.unwrap();
     let (mut r, mut w) = stream.into_split();
@@ -101,8 +96,7 @@ async fn bulk_both_ways_auto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_connections_every_byte_verified() {
     let (server, accepted) = echo_server().await;
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(listen, &[server], "backlog = 2048", ""));
+    let (relay, [listen]) = start_relay(|[listen]| config(listen, &[server], "backlog = 2048", ""));
     let mut tasks = Vec::new();
     for i in 0..1000u64 {
         tasks.push(tokio::spawn(async move {
@@ -160,13 +154,8 @@ async fn half_close_both_ways() {
         }
     });
     for mode in ["splice", "copy"] {
-        let listen = free_addr();
-        let _relay = RelayProcess::start(&config(
-            listen,
-            &[server],
-            &format!("relay = \"{mode}\""),
-            "",
-        ));
+        let (_relay, [listen]) =
+            start_relay(|[listen]| config(listen, &[server], &format!("relay = \"{mode}\""), ""));
 
         // Client half-closes first: it still receives the whole reply after its FIN.
         let mut client = TcpStream::connect(listen).await.unwrap();
@@ -183,13 +172,9 @@ async fn half_close_both_ways() {
 
         // Server half-closes first: the client's stream after the server's FIN still arrives.
         let (server2, mut got) = half_closing_server().await;
-        let listen2 = free_addr();
-        let _relay2 = RelayProcess::start(&config(
-            listen2,
-            &[server2],
-            &format!("relay = \"{mode}\""),
-            "",
-        ));
+        let (_relay2, [listen2]) = start_relay(|[listen2]| {
+            config(listen2, &[server2], &format!("relay = \"{mode}\""), "")
+        });
         let mut client = TcpStream::connect(listen2).await.unwrap();
         let mut greeting = Vec::new();
         client.read_to_end(&mut greeting).await.unwrap();
@@ -249,8 +234,7 @@ async fn server_reset_reaches_the_client_and_client_reset_closes_the_server() {
             });
         }
     });
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(listen, &[server], "", ""));
+    let (relay, [listen]) = start_relay(|[listen]| config(listen, &[server], "", ""));
 
     let mut client = TcpStream::connect(listen).await.unwrap();
     client.write_all(b"reset").await.unwrap();
@@ -298,8 +282,8 @@ async fn server_reset_reaches_the_client_and_client_reset_closes_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_silent_connections_but_not_slow_ones() {
     let (server, _) = echo_server().await;
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(listen, &[server], "idle_timeout = \"2s\"", ""));
+    let (relay, [listen]) =
+        start_relay(|[listen]| config(listen, &[server], "idle_timeout = \"2s\"", ""));
 
     // Silent: closed by the relay after about 2 s.
     let mut silent = TcpStream::connect(listen).await.unwrap();
@@ -363,13 +347,14 @@ async fn upstream_keepalive_is_set_once_a_connection_lasts() {
     // second in (a short connection never pays for them): the keepalive timer then runs.
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = upstream.local_addr().unwrap();
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(
-        listen,
-        &[server],
-        "",
-        "keepalive_idle = \"30s\"\nkeepalive_interval = \"5s\"\nkeepalive_count = 3",
-    ));
+    let (relay, [listen]) = start_relay(|[listen]| {
+        config(
+            listen,
+            &[server],
+            "",
+            "keepalive_idle = \"30s\"\nkeepalive_interval = \"5s\"\nkeepalive_count = 3",
+        )
+    });
     let mut client = connect(listen).await;
     let (mut accepted, relay_side) = upstream.accept().await.unwrap();
     // Traffic both ways first, so that the socket is established and idle.

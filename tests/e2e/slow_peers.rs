@@ -69,16 +69,16 @@ async fn until_stalled(sent: &AtomicU64, limit: Duration) -> bool {
 async fn slow_clients_keep_memory_bounded(mode: &str) {
     let sent = Arc::new(AtomicU64::new(0));
     let server = endless_server(Arc::clone(&sent)).await;
-    let listen = free_addr();
-    // Two workers, so the pooled pipes allowed for below are a fixed number on any machine.
-    let text = config(
-        listen,
-        &[server],
-        &format!("relay = \"{mode}\"\nbacklog = 4096"),
-        "",
-    )
-    .replace("[admin]", "[global]\nworkers = 2\n\n[admin]");
-    let relay = RelayProcess::start(&text);
+    let (relay, [listen]) = start_relay(|[listen]| {
+        // Two workers, so the pooled pipes allowed for below are a fixed number on any machine.
+        config(
+            listen,
+            &[server],
+            &format!("relay = \"{mode}\"\nbacklog = 4096"),
+            "",
+        )
+        .replace("[admin]", "[global]\nworkers = 2\n\n[admin]")
+    });
     let rss_before = rss_kib(relay.pid());
     let fds_before = relay.open_fds();
 

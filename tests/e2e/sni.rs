@@ -25,9 +25,8 @@ struct SniSetup {
 async fn sni_setup() -> SniSetup {
     let (default_addr, default_accepted, default_rx) = recording_server().await;
     let (other_addr, other_accepted, other_rx) = recording_server().await;
-    let (relay, (listen, listen_strict, listen_pp)) = start_relay(|| {
-        let (listen, listen_strict, listen_pp) = (listen_addr(), listen_addr(), listen_addr());
-        (
+    let (relay, [listen, listen_strict, listen_pp]) =
+        start_relay(|[listen, listen_strict, listen_pp]| {
             assemble_config(
                 None,
                 &[
@@ -54,10 +53,8 @@ async fn sni_setup() -> SniSetup {
                     pool("default", &[default_addr], ""),
                     pool("other", &[other_addr], ""),
                 ],
-            ),
-            (listen, listen_strict, listen_pp),
-        )
-    });
+            )
+        });
     SniSetup {
         relay,
         listen,

@@ -12,9 +12,9 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v2_is_byte_exact() {
     let (server, _, mut received) = recording_server().await;
-    let (_relay, (listen_plain, listen_pp, listen_sni)) = start_relay(|| {
-        let (listen_plain, listen_pp, listen_sni) = (listen_addr(), listen_addr(), listen_addr());
-        (assemble_config(
+    let (_relay, [listen_plain, listen_pp, listen_sni]) = start_relay(
+        |[listen_plain, listen_pp, listen_sni]| {
+            assemble_config(
             None,
         &[
             listener("plain", listen_plain, "p", ""),
@@ -31,8 +31,9 @@ async fn send_proxy_v2_is_byte_exact() {
             pool("p", &[server], "send_proxy = \"v2\""),
             pool("p2", &[server], "send_proxy = \"v2\""),
         ],
-    ), (listen_plain, listen_pp, listen_sni))
-    });
+    )
+        },
+    );
     let payload = b"the request, after the header".to_vec();
 
     // No PROXY header in: source = the client's socket, destination = the listener.
@@ -151,18 +152,14 @@ async fn send_proxy_v2_is_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v1_is_byte_exact() {
     let (server, _, mut received) = recording_server().await;
-    let (_relay, (listen_plain, listen_pp)) = start_relay(|| {
-        let (listen_plain, listen_pp) = (listen_addr(), listen_addr());
-        (
-            assemble_config(
-                None,
-                &[
-                    listener("plain", listen_plain, "p", ""),
-                    listener("pp", listen_pp, "p", "proxy_protocol = \"v2\""),
-                ],
-                &[pool("p", &[server], "send_proxy = \"v1\"")],
-            ),
-            (listen_plain, listen_pp),
+    let (_relay, [listen_plain, listen_pp]) = start_relay(|[listen_plain, listen_pp]| {
+        assemble_config(
+            None,
+            &[
+                listener("plain", listen_plain, "p", ""),
+                listener("pp", listen_pp, "p", "proxy_protocol = \"v2\""),
+            ],
+            &[pool("p", &[server], "send_proxy = \"v1\"")],
         )
     });
     let payload = b"the request, after the header".to_vec();
@@ -226,21 +223,17 @@ async fn send_proxy_v1_is_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_source_address_binds_upstream_connections() {
     let (server, _, mut received) = recording_server().await;
-    let (relay, (listen_bound, listen_default)) = start_relay(|| {
-        let (listen_bound, listen_default) = (listen_addr(), listen_addr());
-        (
-            assemble_config(
-                None,
-                &[
-                    listener("bound", listen_bound, "bound", ""),
-                    listener("default", listen_default, "default", ""),
-                ],
-                &[
-                    pool("bound", &[server], "source = \"127.0.0.2\""),
-                    pool("default", &[server], ""),
-                ],
-            ),
-            (listen_bound, listen_default),
+    let (relay, [listen_bound, listen_default]) = start_relay(|[listen_bound, listen_default]| {
+        assemble_config(
+            None,
+            &[
+                listener("bound", listen_bound, "bound", ""),
+                listener("default", listen_default, "default", ""),
+            ],
+            &[
+                pool("bound", &[server], "source = \"127.0.0.2\""),
+                pool("default", &[server], ""),
+            ],
         )
     });
     for (what, listen, expected_ip) in [

@@ -21,6 +21,20 @@ pub fn config(
     text
 }
 
+/// `config`, with the admin listener on `admin`.
+pub fn config_with_admin(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    servers: &[SocketAddr],
+    listener_extra: &str,
+    pool_extra: &str,
+) -> String {
+    config(listen, servers, listener_extra, pool_extra).replace(
+        "[admin]\nlisten = \"off\"",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    )
+}
+
 /// A relay config of whole tables: the admin listener (or none), then the listeners (with
 /// their `[[listener.route]]` tables), which must all come before the pools.
 pub fn assemble_config(

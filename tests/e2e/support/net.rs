@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -171,11 +171,14 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &'static str) -> Upstream {
-        Self::start_at("127.0.0.1:0".parse().unwrap(), name).await
+        Self::start_at("127.0.0.1:0".parse().unwrap(), name)
+            .await
+            .expect("bind an upstream on 127.0.0.1")
     }
 
-    pub async fn start_at(addr: SocketAddr, name: &'static str) -> Upstream {
-        let listener = bind_reusable(addr);
+    /// An upstream on `addr` (port 0: the kernel's choice); Err when the address is taken.
+    pub async fn start_at(addr: SocketAddr, name: &'static str) -> std::io::Result<Upstream> {
+        let listener = bind_reusable(addr)?;
         let upstream = Upstream {
             addr: listener.local_addr().unwrap(),
             name,
@@ -183,7 +186,7 @@ impl Upstream {
             task: std::sync::Mutex::new(None),
         };
         upstream.serve(listener);
-        upstream
+        Ok(upstream)
     }
 
     fn serve(&self, listener: TcpListener) {
@@ -209,14 +212,33 @@ impl Upstream {
         }
     }
 
+    /// Listens on its address again. The port was free while it was stopped: an outgoing
+    /// connection may hold it as its source port for a moment, so "address in use" is retried
+    /// (up to `STEP_LIMIT`).
     pub fn restart(&self) {
-        self.serve(bind_reusable(self.addr));
+        let deadline = Instant::now() + STEP_LIMIT;
+        loop {
+            match bind_reusable(self.addr) {
+                Ok(listener) => return self.serve(listener),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} still in use after {STEP_LIMIT:?}",
+                        self.addr
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("listen on {} again: {e}", self.addr),
+            }
+        }
     }
 }
 
-fn bind_reusable(addr: SocketAddr) -> TcpListener {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(addr).unwrap();
-    socket.listen(1024).unwrap()
+/// A listener with SO_REUSEADDR (so that it can listen again on its port while connections it
+/// accepted linger in TIME_WAIT).
+fn bind_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

@@ -1,5 +1,6 @@
-//! The built `l4relay` binary as a child process, killed by its own pid when dropped; scratch
-//! directories, listen addresses, and polling with a deadline.
+//! The built `l4relay` binary as a child process: started on a config whose listen addresses
+//! this module picks (again, if one was taken before the relay bound it), killed by its own pid
+//! when dropped. Also: scratch directories and polling with a deadline.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -40,8 +41,9 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
 
 // ---- listen addresses ----
 
-/// A loopback address with a port that was free a moment ago.
-pub fn free_addr() -> SocketAddr {
+/// An address nothing listens on, for a config that is only checked or a server that must
+/// refuse connections: a port the kernel chose, released at once.
+pub fn unused_addr() -> SocketAddr {
     let listener = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().unwrap()
 }
@@ -53,7 +55,7 @@ pub fn free_addr() -> SocketAddr {
 /// port (tests in parallel, or test runs in parallel) would both start and silently share each
 /// other's connections; and on 127.0.0.1 the tests' own outgoing connections take ports too.
 /// The port can still be taken before the relay binds it: `start_relay` then picks again.
-pub fn listen_addr() -> SocketAddr {
+fn listen_addr() -> SocketAddr {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let ip = std::net::Ipv4Addr::new(
@@ -68,25 +70,45 @@ pub fn listen_addr() -> SocketAddr {
 
 // ---- the relay process ----
 
-/// Starts the relay on a config built around fresh listen addresses. The port `listen_addr()`
-/// found free can still be taken before the relay binds it (rarely, on these addresses): then
-/// the relay exits with "Address already in use", and this builds the config again.
-pub fn start_relay<T>(build: impl Fn() -> (String, T)) -> (RelayProcess, T) {
-    const ATTEMPTS: usize = 3;
-    for attempt in 1..=ATTEMPTS {
-        let (config, addresses) = build();
-        let started = std::panic::catch_unwind(|| RelayProcess::start(&config));
-        match started {
-            Ok(relay) => return (relay, addresses),
-            Err(panic) => {
-                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
-                if attempt == ATTEMPTS || !message.contains("Address already in use") {
-                    std::panic::resume_unwind(panic);
-                }
+/// How to run the relay beyond its config.
+#[derive(Default, Clone, Copy)]
+pub struct Launch<'a> {
+    /// A shell snippet run before exec (e.g. "ulimit -n 256").
+    pub shell_prefix: Option<&'a str>,
+    /// Extra environment variables.
+    pub envs: &'a [(&'a str, &'a str)],
+}
+
+/// Starts the relay on the config `build` makes around `N` fresh listen addresses (listeners,
+/// admin and health listeners: everything the relay binds), and waits until it says it is
+/// relaying. If the relay could not bind one of them because something took the port in the
+/// moment between choosing and binding ("address already in use"), it picks `N` new ones and
+/// starts again.
+pub fn start_relay<const N: usize>(
+    build: impl FnMut([SocketAddr; N]) -> String,
+) -> (RelayProcess, [SocketAddr; N]) {
+    start_relay_with(Launch::default(), build)
+}
+
+/// `start_relay`, run as `launch` says.
+pub fn start_relay_with<const N: usize>(
+    launch: Launch,
+    mut build: impl FnMut([SocketAddr; N]) -> String,
+) -> (RelayProcess, [SocketAddr; N]) {
+    const ATTEMPTS: usize = 5;
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        let addrs: [SocketAddr; N] = std::array::from_fn(|_| listen_addr());
+        match RelayProcess::try_start(&build(addrs), launch) {
+            Ok(relay) => return (relay, addrs),
+            // "address already in use" as the relay words it, or the OS's "Address ...".
+            Err(stderr) if stderr.to_lowercase().contains("address already in use") => {
+                last = stderr
             }
+            Err(stderr) => panic!("l4relay exited before relaying:\n{stderr}"),
         }
     }
-    unreachable!()
+    panic!("l4relay found a listen address taken {ATTEMPTS} times in a row:\n{last}");
 }
 
 /// A running `l4relay` process, killed (by its own pid) when dropped.
@@ -97,24 +119,15 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts `l4relay run` on `config` and waits until it reports that it is relaying.
-    pub fn start(config: &str) -> RelayProcess {
-        Self::start_with_shell_prefix(config, None)
-    }
-
-    /// Like `start`, with a shell snippet run before exec (e.g. "ulimit -n 256").
-    pub fn start_with_shell_prefix(config: &str, prefix: Option<&str>) -> RelayProcess {
-        Self::start_with(config, prefix, &[])
-    }
-
-    /// Like `start`, with a shell prefix and extra environment variables.
-    pub fn start_with(config: &str, prefix: Option<&str>, envs: &[(&str, &str)]) -> RelayProcess {
+    /// Starts `l4relay run` on `config`; waits until it says it is relaying. Err(its stderr)
+    /// if it exits first.
+    fn try_start(config: &str, launch: Launch) -> Result<RelayProcess, String> {
         let dir = scratch_dir("relay");
         let config_path = dir.join("l4relay.toml");
         std::fs::write(&config_path, config).unwrap();
         let stdout = std::fs::File::create(dir.join("stdout")).unwrap();
         let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-        let mut command = match prefix {
+        let mut command = match launch.shell_prefix {
             None => {
                 let mut c = Command::new(BIN);
                 c.arg("run").arg("--config").arg(&config_path);
@@ -129,7 +142,7 @@ impl RelayProcess {
                 c
             }
         };
-        command.envs(envs.iter().copied());
+        command.envs(launch.envs.iter().copied());
         let child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -142,8 +155,20 @@ impl RelayProcess {
             dir,
             config_path,
         };
-        relay.wait_for_stderr("relaying on", START_LIMIT);
-        relay
+        let deadline = Instant::now() + START_LIMIT;
+        while !relay.stderr().contains("relaying on") {
+            if let Ok(Some(status)) = relay.child.try_wait() {
+                // Dropped without a panic in flight: its directory goes, nothing is printed.
+                return Err(format!("exit {status}\n{}", relay.stderr()));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "l4relay not relaying within {START_LIMIT:?}:\n{}",
+                relay.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(relay)
     }
 
     pub fn pid(&self) -> u32 {
