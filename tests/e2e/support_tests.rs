@@ -27,3 +27,15 @@ fn start_relay_chooses_again_when_an_address_is_taken() {
         relay.stderr()
     );
 }
+
+/// `metric` reads the series it names: not one whose name merely starts the same, nor one
+/// whose label value merely starts the same.
+#[test]
+fn samples_match_whole_names_and_labels() {
+    let text = "# HELP x_total X.\nx_total{pool=\"p\",server=\"a\"} 3\nx_total_more{server=\"a\"} 9\nx_total{pool=\"p\",server=\"ab\"} 4\ny 2.5\n";
+    assert_eq!(sample_in(text, "x_total", &[("server", "a")]), Some(3.0));
+    assert_eq!(sample_in(text, "x_total", &[("server", "ab")]), Some(4.0));
+    assert_eq!(sample_in(text, "x_total", &[("server", "b")]), None);
+    assert_eq!(sample_in(text, "x", &[]), None);
+    assert_eq!(sample_in(text, "y", &[]), Some(2.5));
+}

@@ -1,4 +1,6 @@
-//! The relay's admin API: requests, /status, and metrics read from /metrics.
+//! The relay's admin API: requests, /status, and metrics read from /metrics. A metric series
+//! that is not there fails the test (`metric`): a renamed metric must not read as zero. Where
+//! absence is the answer, a test asks `sample_in` for an Option.
 
 use std::net::SocketAddr;
 
@@ -59,18 +61,48 @@ pub fn servers_json(
         .collect()
 }
 
-/// The value of the metric line `name{...}` carrying every label pair given; 0 when absent.
-pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The exposition text of /metrics.
+pub async fn metrics_text(admin: SocketAddr) -> String {
     let (code, text) = admin_request(admin, "GET", "/metrics", None).await;
-    assert_eq!(code, 200);
+    assert_eq!(code, 200, "{text}");
+    text
+}
+
+/// In exposition `text`, the value of the series `name` whose labels include every pair in
+/// `labels`; None when there is no such series.
+pub fn sample_in(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| {
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let pairs: Vec<&str> = series_labels.split(',').collect();
             labels
                 .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+                .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()))
+                .then(|| value.parse().ok())
+                .flatten()
         })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+}
+
+/// The value of the series `name` with every label pair in `labels`; fails the test, showing
+/// the series of that name there are, if there is none.
+pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = metrics_text(admin).await;
+    sample_in(&text, name, labels).unwrap_or_else(|| {
+        let same_name: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .collect();
+        panic!(
+            "no series {name} with {labels:?} in /metrics; of that name:\n{}",
+            same_name.join("\n")
+        )
+    })
 }
