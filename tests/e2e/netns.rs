@@ -12,7 +12,7 @@
 //! connection within the pool's keepalive bound (TCP_USER_TIMEOUT, as data is in flight);
 //! health marks a down and new connections are served by b; a host removed while clients keep
 //! connecting costs no client connection. Every namespace is deleted when the test ends, also on
-//! failure. Skipped, saying why, where namespaces can't be created.
+//! failure. Needs root (`#[ignore]`d: run with `--ignored`).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -22,6 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::support::require;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
 const BENCH: &str = env!("CARGO_BIN_EXE_l4relay-bench");
@@ -234,13 +236,12 @@ fn can_create_namespaces() -> Result<(), String> {
 }
 
 #[test]
+#[ignore = "needs root and ip (iproute2): run with --ignored"]
 fn across_namespaces_link_down_and_host_removed() {
-    if let Err(why) = can_create_namespaces() {
-        eprintln!(
-            "SKIPPED: cannot create network namespaces here ({why}); needs root and iproute2"
-        );
-        return;
-    }
+    require(
+        "network namespaces (ip netns: root, iproute2)",
+        can_create_namespaces(),
+    );
     let mut ns = Namespaces {
         prefix: format!("l4r-{}", std::process::id()),
         created: Vec::new(),

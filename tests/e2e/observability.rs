@@ -330,15 +330,9 @@ async fn the_json_access_log_has_one_object_per_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs promtool (apt-get install prometheus): run with --ignored"]
 async fn promtool_accepts_the_exposition() {
-    if std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: promtool not installed (apt-get install prometheus); CI installs it");
-        return;
-    }
+    require_promtool();
     let (server, _) = echo_server().await;
     let (relay, [listen, admin]) = start_relay(|[listen, admin]| {
         config(

@@ -4,9 +4,11 @@
 //! Runs in a network namespace the test creates (`unshare --net`), so that it can enable
 //! `net.ipv4.tcp_migrate_req` (which the upgrade procedure asks for: connections queued on the
 //! old process's listener move to the new one's instead of being reset) without touching the
-//! host. Skipped, saying why, where namespaces can't be created.
+//! host. Needs root (`#[ignore]`d: run with `--ignored`).
 
 use std::process::Command;
+
+use crate::support::{require, runs};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
 const BENCH: &str = env!("CARGO_BIN_EXE_l4relay-bench");
@@ -59,15 +61,12 @@ rm -rf "$dir"
 "#;
 
 #[test]
+#[ignore = "needs root and unshare (util-linux): run with --ignored"]
 fn no_connection_refused_while_the_old_process_drains() {
-    if !Command::new("unshare")
-        .args(["--net", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("SKIPPED: cannot create a network namespace here (unshare --net needs root or user namespaces)");
-        return;
-    }
+    require(
+        "a network namespace (unshare --net: root, util-linux)",
+        runs("unshare", &["--net", "true"]),
+    );
     let out = Command::new("unshare")
         .args(["--net", "bash", "-c", SCENARIO])
         .env("RELAY", RELAY)

@@ -1,6 +1,7 @@
 //! The built `l4relay` binary as a child process: started on a config whose listen addresses
 //! this module picks (again, if one was taken before the relay bound it), killed by its own pid
-//! when dropped. Also: scratch directories and polling with a deadline.
+//! when dropped. Also: scratch directories, polling with a deadline, and prerequisites outside
+//! cargo.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -37,6 +38,56 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+// ---- prerequisites outside cargo ----
+
+/// True when the tests run under CI (`CI` set to anything but "" or "false").
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// Fails the test, saying what is missing, unless `prerequisite` holds. Tests with a
+/// prerequisite beyond cargo (root, network namespaces, promtool) are `#[ignore]`d with it as the
+/// reason, so a default run lists them as ignored instead of passing them unrun; run with
+/// `--ignored` (as CI does), they must not pass without proving anything either.
+pub fn require(what: &str, prerequisite: Result<(), String>) {
+    if let Err(why) = prerequisite {
+        panic!(
+            "prerequisite missing: {what} ({why}){}",
+            if under_ci() {
+                "; CI must provide it"
+            } else {
+                "; install it, or leave this ignored test out of the run"
+            }
+        );
+    }
+}
+
+/// Whether `program` runs with `args` and exits 0: Ok, or why not.
+pub fn runs(program: &str, args: &[&str]) -> Result<(), String> {
+    match Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {program}: {e}")),
+    }
+}
+
+/// promtool (Debian/Ubuntu package `prometheus`).
+pub fn require_promtool() {
+    require(
+        "promtool (apt-get install prometheus)",
+        runs("promtool", &["--version"]),
+    );
 }
 
 // ---- listen addresses ----
