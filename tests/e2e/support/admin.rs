@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::process::RelayProcess;
+
 /// One HTTP/1.1 request to the admin listener: (status, body).
 pub async fn admin_request(
     admin: SocketAddr,
@@ -105,4 +107,45 @@ pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f
             same_name.join("\n")
         )
     })
+}
+
+/// Descriptors the relay may rightly hold beyond a baseline taken before it relayed anything:
+/// its pooled pipes, two each, as `l4relay_pipes{state="pooled"}` reports them now. None while
+/// some pipe is still in use.
+pub async fn pooled_pipe_fds(admin: SocketAddr) -> Option<usize> {
+    let text = metrics_text(admin).await;
+    let value = |state| {
+        sample_in(&text, "l4relay_pipes", &[("state", state)])
+            .unwrap_or_else(|| panic!("no l4relay_pipes{{state=\"{state}\"}} in /metrics"))
+    };
+    (value("in_use") == 0.0).then(|| 2 * value("pooled") as usize)
+}
+
+/// Waits (up to `limit`) until the relay uses no pipe and holds no more descriptors than
+/// `baseline` plus its pooled pipes: exactly what it may keep, so that even a leak of one
+/// descriptor in many connections shows. Err says what it holds.
+pub async fn fds_back_to(
+    relay: &RelayProcess,
+    admin: SocketAddr,
+    baseline: usize,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let pooled = pooled_pipe_fds(admin).await;
+        // Counted after the scrape, whose connection the relay has closed by then.
+        let open = relay.open_fds();
+        match pooled {
+            Some(pooled) if open <= baseline + pooled => return Ok(()),
+            _ if std::time::Instant::now() < deadline => {}
+            Some(pooled) => {
+                return Err(format!(
+                    "relay holds {open} fds: {baseline} before, plus {pooled} for its pooled \
+                     pipes, is all it may keep"
+                ))
+            }
+            None => return Err(format!("pipes still in use after {limit:?} ({open} fds)")),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
