@@ -21,8 +21,7 @@ mod pools;
 mod relay;
 mod upstream_side;
 
-// Under attack and under load.
-mod floods;
+// Under load.
 mod slow_peers;
 
 // The process: config, lifecycle, observability.

@@ -1,17 +1,5 @@
-//! Load-test measurements and limits: quantiles, this process's descriptor limit, a process's
-//! resident memory.
-
-use std::time::Duration;
-
-/// The `q` quantile (0..=1) of `samples`, sorting them in place; zero when empty.
-pub fn quantile(samples: &mut [Duration], q: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    samples.sort_unstable();
-    let index = ((samples.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-    samples[index]
-}
+//! Load-test measurements and limits: this process's descriptor limit, a process's resident
+//! memory.
 
 /// Raises this process's soft RLIMIT_NOFILE towards `want` (capped at the hard limit);
 /// returns the soft limit now in force.
