@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -149,12 +150,16 @@ async fn a_stopped_server_goes_down_within_fall_checks_and_back_up_within_rise()
     );
 }
 
-/// An HTTP server answering every request, after `delay`, with the status in `code`; records
-/// request heads.
+/// Request heads an `http_upstream` received, in order, each with whether its gate was open
+/// when the head arrived.
+type Heads = Arc<std::sync::Mutex<Vec<(String, bool)>>>;
+
+/// An HTTP server answering every request with the status in `code`, once `gate` is open;
+/// records request heads.
 async fn http_upstream(
     code: Arc<AtomicU16>,
-    heads: Arc<std::sync::Mutex<Vec<String>>>,
-    delay: Duration,
+    heads: Heads,
+    gate: watch::Receiver<bool>,
 ) -> SocketAddr {
     let listener = upstream_listener();
     let addr = listener.local_addr().unwrap();
@@ -163,7 +168,7 @@ async fn http_upstream(
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
-            let (code, heads) = (Arc::clone(&code), Arc::clone(&heads));
+            let (code, heads, mut gate) = (Arc::clone(&code), Arc::clone(&heads), gate.clone());
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -173,11 +178,14 @@ async fn http_upstream(
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
+                let open = *gate.borrow();
                 heads
                     .lock()
                     .unwrap()
-                    .push(String::from_utf8_lossy(&head).into_owned());
-                tokio::time::sleep(delay).await;
+                    .push((String::from_utf8_lossy(&head).into_owned(), open));
+                if gate.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
                 let code = code.load(Ordering::SeqCst);
                 let response = format!(
                     "HTTP/1.1 {code} Whatever\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
@@ -190,11 +198,17 @@ async fn http_upstream(
     addr
 }
 
+/// A gate already open, and its sender (kept: a dropped sender ends `wait_for`).
+fn open_gate() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+    watch::channel(true)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_checks_accept_configured_statuses_and_show_the_firewall_reason() {
     let code = Arc::new(AtomicU16::new(401));
-    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let server = http_upstream(Arc::clone(&code), Arc::clone(&heads), Duration::ZERO).await;
+    let heads = Heads::default();
+    let (_gate, open) = open_gate();
+    let server = http_upstream(Arc::clone(&code), Arc::clone(&heads), open).await;
     let (_relay, [admin, listen]) = start_relay(|[admin, listen]| {
         let health = "check = \"http\"\npath = \"/openai/models\"\nhost = \"myres.openai.azure.com\"\nstatuses = [\"401\"]\nfirewall_statuses = [\"403\"]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1";
         relay_config(admin, listen, "", health, &[("aoai", server, "")])
@@ -203,8 +217,8 @@ async fn http_checks_accept_configured_statuses_and_show_the_firewall_reason() {
     {
         let heads = heads.lock().unwrap();
         assert!(
-            heads[0].starts_with("GET /openai/models HTTP/1.1\r\n")
-                && heads[0].contains("\r\nHost: myres.openai.azure.com\r\n"),
+            heads[0].0.starts_with("GET /openai/models HTTP/1.1\r\n")
+                && heads[0].0.contains("\r\nHost: myres.openai.azure.com\r\n"),
             "{heads:?}"
         );
     }
@@ -270,32 +284,69 @@ async fn http_checks_accept_configured_statuses_and_show_the_firewall_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_arriving_before_the_first_check_has_answered_waits_for_it() {
-    // The check's answer takes 300 ms: a client connecting as soon as the relay runs finds
-    // its only server still unknown.
-    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let server = http_upstream(
-        Arc::new(AtomicU16::new(200)),
-        Arc::clone(&heads),
-        Duration::from_millis(300),
-    )
-    .await;
-    let health = "check = \"http\"\ninterval = \"5s\"\ntimeout = \"2s\"";
-    let started = Instant::now();
-    let (relay, [_, listen]) = start_relay(|[admin, listen]| {
+    // The upstream holds every answer until the test opens its gate, so the first check cannot
+    // have answered when the client arrives.
+    let heads = Heads::default();
+    let (gate, closed) = watch::channel(false);
+    let server = http_upstream(Arc::new(AtomicU16::new(200)), Arc::clone(&heads), closed).await;
+    // One check, answered well within its timeout (which is also how long a client may wait).
+    let health = "check = \"http\"\npath = \"/check\"\ninterval = \"60s\"\ntimeout = \"20s\"";
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
         relay_config(admin, listen, "", health, &[("web", server, "")])
     });
-    let mut client = TcpStream::connect(listen).await.unwrap();
+    let arrived = |path: &str| {
+        let heads = heads.lock().unwrap();
+        heads
+            .iter()
+            .find(|(head, _)| head.starts_with(&format!("GET {path} ")))
+            .map(|(_, gate_open)| *gate_open)
+    };
+    assert!(
+        eventually(STEP_LIMIT, || arrived("/check").is_some()).await,
+        "no health check reached the upstream"
+    );
+
+    // The client is inside the relay while its only server is still unknown.
+    let mut client = connect(listen).await;
     client
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /client HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        let status = get_status(admin).await;
+        if status["connections"]["active"] == 1 {
+            assert_eq!(
+                servers_json(&status, "p", "web")[0]["state"],
+                "unknown",
+                "the client arrived after the first check: {status}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay holds no client: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The check answers; the client is served by the server, which its request reached only
+    // after the check's answer was let go.
+    gate.send_replace(true);
     let mut answer = String::new();
-    client.read_to_string(&mut answer).await.unwrap();
+    tokio::time::timeout(STEP_LIMIT, client.read_to_string(&mut answer))
+        .await
+        .expect("answered in time")
+        .unwrap();
     assert!(
         answer.starts_with("HTTP/1.1 200"),
         "refused instead of waiting: {answer:?}"
     );
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        arrived("/client"),
+        Some(true),
+        "the client's request reached the server before its first check answered"
+    );
     drop(client);
     let log = relay.wait_for_log_lines(1, Duration::from_secs(5)).await;
     assert!(log[0].contains("server=web"), "{log:?}");
