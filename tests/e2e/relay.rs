@@ -210,13 +210,15 @@ async fn half_closing_server() -> (SocketAddr, mpsc::UnboundedReceiver<(u64, [u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_reset_reaches_the_client_and_client_reset_closes_the_server() {
-    // Server: read one message, then reset (SO_LINGER 0) if it says "reset", else hold.
+    // Server: read one message, then reset (SO_LINGER 0) if it says "reset", else say it holds
+    // the connection and wait for its end.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = listener.local_addr().unwrap();
+    let (held_tx, mut held_rx) = mpsc::unbounded_channel::<()>();
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<Instant>();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let closed_tx = closed_tx.clone();
+            let (held_tx, closed_tx) = (held_tx.clone(), closed_tx.clone());
             tokio::spawn(async move {
                 let mut buf = [0u8; 5];
                 stream.read_exact(&mut buf).await.unwrap();
@@ -226,6 +228,7 @@ async fn server_reset_reaches_the_client_and_client_reset_closes_the_server() {
                         .unwrap();
                     drop(stream);
                 } else {
+                    let _ = held_tx.send(());
                     // Wait for the relay to pass the client's reset on.
                     let mut rest = [0u8; 1];
                     let _ = stream.read(&mut rest).await;
@@ -250,14 +253,11 @@ async fn server_reset_reaches_the_client_and_client_reset_closes_the_server() {
     let client = TcpStream::connect(listen).await.unwrap();
     let mut client = client;
     client.write_all(b"holdx").await.unwrap();
-    // Make sure the relay has connected upstream before resetting.
-    assert!(
-        eventually(Duration::from_secs(5), || relay
-            .stderr()
-            .contains("relaying"))
+    // The relay has connected upstream and passed the message on before the client resets.
+    tokio::time::timeout(STEP_LIMIT, held_rx.recv())
         .await
-    );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+        .expect("the message reached the server in time")
+        .unwrap();
     SockRef::from(&client)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
