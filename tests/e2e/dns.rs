@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::*;
 
@@ -111,14 +111,24 @@ async fn the_pool_follows_dns_answers_and_ttls_and_keeps_the_last_good_set_on_fa
 
     // A new answer: the pool follows within the TTL (1 s) plus slack; the old address goes.
     set_zone(&zone, Mode::Answer, &["127.0.0.3", "127.0.0.4"], 1);
+    let changed = SystemTime::now();
     let expected = vec![format!("127.0.0.3:{port}"), format!("127.0.0.4:{port}")];
-    let took = wait_status(admin, Duration::from_secs(5), "following", |s| {
+    wait_status(admin, Duration::from_secs(15), "following", |s| {
         up_addresses(s) == expected && servers_json(s, "p", "svc").len() == 2
     })
     .await;
+    // When the new addresses came up, as the relay reports it: within the TTL, a first check
+    // and scheduling on a busy machine; a relay that kept the answer for dns_max_ttl (10 s), or
+    // re-resolved only on failure, would take far longer.
+    let status = get_status(admin).await;
+    let took = servers_json(&status, "p", "svc")
+        .iter()
+        .map(|s| since(s).duration_since(changed).unwrap_or_default())
+        .max()
+        .unwrap();
     assert!(
-        took < Duration::from_millis(1700),
-        "followed after {took:?}"
+        took < Duration::from_millis(2500),
+        "followed {took:?} after the answer changed (TTL 1 s): {status}"
     );
     for _ in 0..10 {
         let name = try_which(listen).await.unwrap().1;

@@ -1,6 +1,7 @@
 //! The support module's own checks: what the other tests rely on it for.
 
 use std::net::TcpListener;
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::support::*;
 
@@ -38,4 +39,27 @@ fn samples_match_whole_names_and_labels() {
     assert_eq!(sample_in(text, "x_total", &[("server", "b")]), None);
     assert_eq!(sample_in(text, "x", &[]), None);
     assert_eq!(sample_in(text, "y", &[]), Some(2.5));
+}
+
+/// The times the relay reports (its log lines, /status) read back as times.
+#[test]
+fn rfc3339_times_parse() {
+    let at = |s| {
+        parse_rfc3339(s)
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+    };
+    assert_eq!(at("1970-01-01T00:00:00Z"), Duration::ZERO);
+    // The relay's own test vector (src/access_log.rs).
+    assert_eq!(
+        at("2026-11-24T01:55:12.123Z"),
+        Duration::from_millis(1_795_485_312_123)
+    );
+    assert_eq!(
+        at("2000-02-29T23:59:59.000001Z"),
+        Duration::new(951_868_799, 1_000)
+    );
+    assert_eq!(parse_rfc3339("2026-11-24 01:55:12Z"), None);
+    assert_eq!(parse_rfc3339("2026-11-24T01:55:12"), None);
 }

@@ -3,10 +3,12 @@
 //! absence is the answer, a test asks `sample_in` for an Option.
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::log::parse_rfc3339;
 use super::process::RelayProcess;
 
 /// One HTTP/1.1 request to the admin listener: (status, body).
@@ -61,6 +63,14 @@ pub fn servers_json(
         .filter(|s| s["name"] == server)
         .cloned()
         .collect()
+}
+
+/// When a server address's shown state began, as /status reports it (`since`).
+pub fn since(server: &serde_json::Value) -> SystemTime {
+    server["since"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .unwrap_or_else(|| panic!("no time in `since`: {server}"))
 }
 
 /// The exposition text of /metrics.
