@@ -48,10 +48,12 @@ async fn handshake_timeout_closes_silent_and_partial_clients() {
         .into_iter()
         .map(|(what, name, listen, bytes)| {
             tokio::spawn(async move {
+                // Not before the timeout by the client's clock (which starts first); how soon
+                // after it, by the relay's (the access log, below).
                 let (client, took) = expect_reset("127.0.0.1", listen, &bytes, false, what).await;
                 assert!(
-                    took >= Duration::from_millis(900) && took <= Duration::from_secs(3),
-                    "{what}: closed after {took:?}, expected about 1 s"
+                    took >= Duration::from_millis(900),
+                    "{what}: closed after {took:?}, before the 1 s timeout"
                 );
                 (what, name, client)
             })
@@ -72,6 +74,11 @@ async fn handshake_timeout_closes_silent_and_partial_clients() {
                 ("pool", Some("-")),
                 ("server", Some("-")),
             ],
+        );
+        let ms: f64 = field(&line, "duration_ms").unwrap().parse().unwrap();
+        assert!(
+            (990.0..2000.0).contains(&ms),
+            "{what}: the relay ended it after {ms} ms, expected about 1 s: {line}"
         );
     }
     // A well-formed client after them is relayed, and only it reached the server.

@@ -551,17 +551,20 @@ async fn slow_start_ramps_the_share_of_a_server_coming_back() {
     wait_state(admin, "p", "b", "down", Duration::from_secs(5)).await;
     b.restart();
     wait_state(admin, "p", "b", "up", Duration::from_secs(5)).await;
-    let back = Instant::now();
+    // b's return as the relay reports it, which is when its ramp starts.
+    let back = since(&servers_json(&get_status(admin).await, "p", "b")[0]);
+    let since_back = move || SystemTime::now().duration_since(back).unwrap_or_default();
 
     // Connections for the 2 s ramp and a little after, timed from b's return.
     let mut tasks = Vec::new();
     for _ in 0..4 {
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
-            while back.elapsed() < Duration::from_millis(2600) {
+            while since_back() < Duration::from_millis(2600) {
+                let at = since_back();
                 let (stream, name) = try_which(listen).await.expect("served");
                 drop(stream);
-                seen.push((back.elapsed(), name));
+                seen.push((at, name));
             }
             seen
         }));

@@ -328,10 +328,12 @@ impl Drop for RelayProcess {
                 .filter(|l| !l.contains("end=client_closed"))
                 .take(20)
                 .collect();
+            let lines: Vec<&str> = log.lines().collect();
             eprintln!(
-                "access log: {} lines; unusual ones:\n{}",
-                log.lines().count(),
-                unusual.join("\n")
+                "access log: {} lines; unusual ones:\n{}\nthe last ones:\n{}",
+                lines.len(),
+                unusual.join("\n"),
+                lines[lines.len().saturating_sub(5)..].join("\n")
             );
         }
     }
