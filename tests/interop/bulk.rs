@@ -10,8 +10,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::clients::curl;
-use crate::common::*;
 use crate::peers::{program, retrying, run, text, Peer};
+use crate::support::*;
 
 /// Per iperf3 run.
 const BYTES: u64 = 64 * 1024 * 1024;
@@ -21,7 +21,7 @@ const UPLOAD: u64 = 32 * 1024 * 1024;
 async fn iperf_server(dir: &std::path::Path) -> (Peer, SocketAddr) {
     let iperf3 = program("iperf3", "iperf3");
     retrying("iperf3 -s", || {
-        let addr = free_addr();
+        let addr = listen_addr();
         let mut peer = Peer::spawn(
             "iperf3-server",
             &iperf3,

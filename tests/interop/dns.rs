@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::common::*;
 use crate::peers::{free_port, program, retrying, Peer, Scratch};
+use crate::support::*;
 
 /// Per-test upstream addresses (tests/dns.rs uses 127.0.0.2-4).
 const V4_A: &str = "127.0.0.12";
@@ -166,7 +166,7 @@ fn relay(
     port: u16,
     pool_extra: &str,
 ) -> (RelayProcess, SocketAddr, SocketAddr) {
-    let (admin, listen) = (free_addr(), listen_addr());
+    let (admin, listen) = (listen_addr(), listen_addr());
     let config = format!(
         "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\nnameservers = [\"{dns}\"]\ndns_timeout = \"500ms\"\ndns_min_ttl = \"200ms\"\n{pool_extra}\n  [pool.health]\n  check = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"100ms\"\n  rise = 1\n  fall = 1\n  [[pool.server]]\n  name = \"svc\"\n  address = \"{host}:{port}\"\n"
     );

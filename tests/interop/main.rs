@@ -13,8 +13,9 @@
 //! the test's scratch directory, on ports the kernel chose, and is ended by its pid when the
 //! test ends, failed or not.
 
-#[path = "../common/mod.rs"]
-mod common;
+#[allow(dead_code, unused_imports)]
+#[path = "../e2e/support/mod.rs"]
+mod support;
 
 mod bulk;
 mod certs;

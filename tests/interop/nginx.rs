@@ -16,7 +16,7 @@ pub async fn start(
 ) -> (Peer, Vec<SocketAddr>) {
     let nginx = program("nginx", "nginx");
     retrying("nginx", || {
-        let addrs: Vec<SocketAddr> = (0..count).map(|_| crate::common::free_addr()).collect();
+        let addrs: Vec<SocketAddr> = (0..count).map(|_| crate::support::listen_addr()).collect();
         let config = dir.join("nginx.conf");
         std::fs::write(&config, config_text(dir, &servers(&addrs))).unwrap();
         let mut peer = Peer::spawn(

@@ -74,7 +74,7 @@ pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
-        Scratch(crate::common::scratch_dir(name))
+        Scratch(crate::support::scratch_dir(name))
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::clients::curl;
-use crate::common::*;
 use crate::peers::{program, retrying, Peer};
+use crate::support::*;
 
 const CONNECTIONS: usize = 3;
 
@@ -24,7 +24,7 @@ async fn prometheus(dir: &std::path::Path, target: SocketAddr) -> (Peer, SocketA
     )
     .unwrap();
     retrying("prometheus", || {
-        let web = free_addr();
+        let web = listen_addr();
         let mut peer = Peer::spawn(
             "prometheus",
             &prometheus,
@@ -87,7 +87,7 @@ async fn wait_for(web: SocketAddr, promql: &str, wanted: f64) {
 async fn prometheus_scrapes_metrics_and_its_api_returns_the_connection_counter() {
     let dir = crate::peers::Scratch::new("interop-prometheus");
     let (echo, _) = echo_server().await;
-    let (admin, listen) = (free_addr(), listen_addr());
+    let (admin, listen) = (listen_addr(), listen_addr());
     let relay = RelayProcess::start(&format!(
         "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n  [[pool.server]]\n  name = \"echo\"\n  address = \"{echo}\"\n"
     ));

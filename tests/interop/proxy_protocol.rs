@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::*;
 use crate::peers::{program, retrying, run, text, Peer};
+use crate::support::*;
 
 const VPCE: &str = "vpce-0123456789abcdef0";
 
@@ -35,9 +35,9 @@ async fn haproxy(
     retrying("haproxy", || {
         let ipv6 = std::net::TcpListener::bind("[::1]:0").expect("bind [::1]:0");
         let fronts = Fronts {
-            v2: free_addr(),
+            v2: listen_addr(),
             v2_ipv6: ipv6.local_addr().unwrap(),
-            v1: free_addr(),
+            v1: listen_addr(),
         };
         drop(ipv6);
         let config = dir.join("haproxy.cfg");
@@ -168,7 +168,7 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
     .await;
 
     let (listen, classic, direct) = (listen_addr(), listen_addr(), listen_addr());
-    let (admin, health) = (free_addr(), free_addr());
+    let (admin, health) = (listen_addr(), listen_addr());
     let relay = RelayProcess::start(&format!(
         "[admin]\nlisten = \"{admin}\"\nhealth_listen = \"{health}\"\n\n[[listener]]\nname = \"nlb\"\nlisten = \"{listen}\"\npool = \"nginx\"\nproxy_protocol = \"v2\"\n\n[[listener]]\nname = \"classic\"\nlisten = \"{classic}\"\npool = \"nginx\"\nproxy_protocol = \"v1\"\n\n[[listener]]\nname = \"direct\"\nlisten = \"{direct}\"\npool = \"nginx_v1\"\n\n[[pool]]\nname = \"nginx\"\nsend_proxy = \"v2\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{nginx}\"\n\n[[pool]]\nname = \"nginx_v1\"\nsend_proxy = \"v1\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{nginx}\"\n",
         nginx = nginx_addrs[0]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::certs::Ca;
 use crate::clients::curl;
-use crate::common::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_two_nginx_tls_servers_by_name_and_unknown_names_follow_route_fallback() {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use crate::certs::Ca;
 use crate::clients::curl;
-use crate::common::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_sends_sni_verifies_nginx_against_its_ca_and_refuses_a_wrong_ca_or_name() {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use crate::certs::{Ca, Leaf};
 use crate::clients::{curl, curl_tls_version, s_client, Ran};
-use crate::common::*;
+use crate::support::*;
 
 const NAME: &str = "relay.test";
 const BODY: &str = "hello from nginx";

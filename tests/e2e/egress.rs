@@ -5,15 +5,13 @@
 //! listener's limit exceeds what the sources can carry. (Port exhaustion under a narrowed port
 //! range and a first write that is never read are in `egress_netns.rs`, in a namespace.)
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::*;
+use crate::support::*;
 
 /// Sends "ping" and reads the echo; Ok when it came back, Err when the relay closed or reset
 /// the connection first.

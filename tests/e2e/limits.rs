@@ -1,10 +1,8 @@
 //! End-to-end limits: the process-wide connection limit, and running out of file descriptors.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,10 +24,10 @@ async fn relayed(addr: std::net::SocketAddr, limit: Duration) -> Option<TcpStrea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_process_limit_connections_are_refused_at_once() {
     let (server, _) = echo_server().await;
-    let listen = free_addr();
-    let text = config(listen, &[server], "", "")
-        .replace("[admin]", "[global]\nmax_connections = 20\n\n[admin]");
-    let relay = RelayProcess::start(&text);
+    let (relay, [listen]) = start_relay(|[listen]| {
+        config(listen, &[server], "", "")
+            .replace("[admin]", "[global]\nmax_connections = 20\n\n[admin]")
+    });
 
     let mut held = Vec::new();
     for _ in 0..20 {
@@ -71,10 +69,12 @@ async fn past_the_process_limit_connections_are_refused_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_pauses_then_recovers() {
     let (server, _) = echo_server().await;
-    let listen = free_addr();
-    let relay = RelayProcess::start_with_shell_prefix(
-        &config(listen, &[server], "backlog = 2048", ""),
-        Some("ulimit -n 256"),
+    let (relay, [listen]) = start_relay_with(
+        Launch {
+            shell_prefix: Some("ulimit -n 256"),
+            ..Launch::default()
+        },
+        |[listen]| config(listen, &[server], "backlog = 2048", ""),
     );
 
     // 1,000 attempts at once: about a hundred fit in 256 descriptors, the rest wait in the
@@ -147,14 +147,14 @@ async fn out_of_file_descriptors_pauses_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_limit_refuses_on_that_listener_only() {
     let (server, _) = echo_server().await;
-    let (limited, other) = (free_addr(), free_addr());
-    let text = format!(
+    let (relay, [limited, other]) = start_relay(|[limited, other]| {
+        format!(
         "[admin]\nlisten = \"off\"\n\n\
          [[listener]]\nname = \"limited\"\nlisten = \"{limited}\"\npool = \"p\"\nmax_connections = 5\n\n\
          [[listener]]\nname = \"other\"\nlisten = \"{other}\"\npool = \"p\"\n\n\
          [[pool]]\nname = \"p\"\n  [[pool.server]]\n  address = \"{server}\"\n"
-    );
-    let relay = RelayProcess::start(&text);
+    )
+    });
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(

@@ -1,30 +1,29 @@
 //! End-to-end upstream choice: retries past a dead server, weighted round-robin, least
 //! connections, backups.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A port with nothing listening on it (bound, then closed).
 fn dead_addr() -> std::net::SocketAddr {
-    free_addr()
+    unused_addr()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_succeeds_when_one_server_is_dead() {
     let (alive, accepted) = named_server("alive").await;
     let dead = dead_addr();
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(
-        listen,
-        &[dead, alive],
-        "",
-        "balance = \"round-robin\"\nretries = 2",
-    ));
+    let (relay, [listen]) = start_relay(|[listen]| {
+        config(
+            listen,
+            &[dead, alive],
+            "",
+            "balance = \"round-robin\"\nretries = 2",
+        )
+    });
     for _ in 0..50 {
         let (mut stream, name) = which_server(listen).await;
         assert_eq!(name, "alive");
@@ -44,14 +43,15 @@ async fn weighted_round_robin_follows_the_weights() {
     let (a, a_count) = named_server("a").await;
     let (b, b_count) = named_server("b").await;
     let (c, c_count) = named_server("c").await;
-    let listen = free_addr();
-    let mut text = config(listen, &[], "", "balance = \"round-robin\"");
-    for (addr, weight) in [(a, 5), (b, 3), (c, 2)] {
-        text.push_str(&format!(
-            "  [[pool.server]]\n  address = \"{addr}\"\n  weight = {weight}\n"
-        ));
-    }
-    let _relay = RelayProcess::start(&text);
+    let (_relay, [listen]) = start_relay(|[listen]| {
+        let mut text = config(listen, &[], "", "balance = \"round-robin\"");
+        for (addr, weight) in [(a, 5), (b, 3), (c, 2)] {
+            text.push_str(&format!(
+                "  [[pool.server]]\n  address = \"{addr}\"\n  weight = {weight}\n"
+            ));
+        }
+        text
+    });
 
     const CONNECTIONS: u64 = 10_000;
     let mut tasks = Vec::new();
@@ -87,13 +87,8 @@ async fn weighted_round_robin_follows_the_weights() {
 async fn least_connections_sends_new_connections_to_the_idle_server() {
     let (a, _) = named_server("a").await;
     let (b, _) = named_server("b").await;
-    let listen = free_addr();
-    let relay = RelayProcess::start(&config(
-        listen,
-        &[a, b],
-        "",
-        "balance = \"least-connections\"",
-    ));
+    let (relay, [listen]) =
+        start_relay(|[listen]| config(listen, &[a, b], "", "balance = \"least-connections\""));
 
     let (held, busy) = which_server(listen).await;
     for i in 0..20 {
@@ -114,15 +109,16 @@ async fn least_connections_sends_new_connections_to_the_idle_server() {
 async fn backups_serve_only_when_the_primaries_cannot() {
     let (primary, _) = named_server("primary").await;
     let (backup, _) = named_server("backup").await;
-    let listen = free_addr();
-    let mut text = config(listen, &[], "", "");
-    text.push_str(&format!(
-        "  [[pool.server]]\n  address = \"{primary}\"\n  max_connections = 2\n"
-    ));
-    text.push_str(&format!(
-        "  [[pool.server]]\n  address = \"{backup}\"\n  backup = true\n"
-    ));
-    let _relay = RelayProcess::start(&text);
+    let (_relay, [listen]) = start_relay(|[listen]| {
+        let mut text = config(listen, &[], "", "");
+        text.push_str(&format!(
+            "  [[pool.server]]\n  address = \"{primary}\"\n  max_connections = 2\n"
+        ));
+        text.push_str(&format!(
+            "  [[pool.server]]\n  address = \"{backup}\"\n  backup = true\n"
+        ));
+        text
+    });
 
     let (first, name1) = which_server(listen).await;
     let (second, name2) = which_server(listen).await;

@@ -1,10 +1,8 @@
 //! `l4relay check`: every broken config reports file:line:column: key, all errors at once.
 
-mod common;
-
 use std::process::Command;
 
-use common::{scratch_dir, BIN};
+use crate::support::{scratch_dir, BIN};
 
 const VALID: &str = r#"[global]
 max_connections = 1000

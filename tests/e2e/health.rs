@@ -3,16 +3,15 @@
 //! `on_down = "close"`, and health state surviving a reload. The built binary runs against
 //! upstreams on loopback; every wait polls /status with a deadline.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -70,44 +69,46 @@ async fn wait_state(
     }
 }
 
-/// Down within interval × fall, up within interval × rise, each plus this much for scheduling
-/// on a busy machine (jitter, the fast interval and check time are inside the products).
+/// Down within interval × fall, up within interval × rise, each plus this much for the relay's
+/// scheduling on a busy machine (jitter, the fast interval and check time are inside the
+/// products), timed by the relay's own `since` in /status.
 const SLACK: Duration = Duration::from_millis(700);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_goes_down_within_fall_checks_and_back_up_within_rise() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"tcp\"\ninterval = \"200ms\"\nfast_interval = \"100ms\"\njitter = \"20ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\npassive_fall = 0";
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[("a", a.addr, ""), ("b", b.addr, "")],
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health = "check = \"tcp\"\ninterval = \"200ms\"\nfast_interval = \"100ms\"\njitter = \"20ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\npassive_fall = 0";
+        relay_config(
+            admin,
+            listen,
+            "",
+            health,
+            &[("a", a.addr, ""), ("b", b.addr, "")],
+        )
+    });
     wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
     wait_state(admin, "p", "b", "up", Duration::from_secs(5)).await;
 
     a.stop().await;
-    let down_after = wait_state(admin, "p", "a", "down", Duration::from_secs(10)).await;
+    let stopped = SystemTime::now();
+    wait_state(admin, "p", "a", "down", Duration::from_secs(10)).await;
+    let status = get_status(admin).await;
+    let a_status = &servers_json(&status, "p", "a")[0];
+    assert_eq!(a_status["reason"], "connection refused", "{status}");
+    // When it went down, as the relay reports it: a test polling late on a busy machine does
+    // not count.
+    let down_after = since(a_status).duration_since(stopped).unwrap_or_default();
     assert!(
         down_after <= Duration::from_millis(600) + SLACK,
-        "down after {down_after:?}"
-    );
-    let status = get_status(admin).await;
-    assert_eq!(
-        servers_json(&status, "p", "a")[0]["reason"],
-        "connection refused",
-        "{status}"
+        "down {down_after:?} after the stop: {status}"
     );
 
     // Back, but not up until `rise` checks passed: until /status says up, no client may
     // reach it.
     a.restart();
-    let restarted = Instant::now();
-    let mut up_after = None;
+    let restarted = SystemTime::now();
     let mut reached_a = 0;
     for _ in 0..2000 {
         let (_stream, name) = try_which(listen).await.expect("b serves");
@@ -116,19 +117,19 @@ async fn a_stopped_server_goes_down_within_fall_checks_and_back_up_within_rise()
             assert_eq!(state_after, "up", "a client reached a while it was down");
             reached_a += 1;
         }
-        if state_after == "up" && up_after.is_none() {
-            up_after = Some(restarted.elapsed());
-        }
         if reached_a >= 3 {
             break;
         }
     }
-    let up_after = up_after.expect("a came back up");
+    assert_eq!(reached_a, 3, "clients go to a again once it is up");
+    let status = get_status(admin).await;
+    let up_after = since(&servers_json(&status, "p", "a")[0])
+        .duration_since(restarted)
+        .unwrap_or_default();
     assert!(
         up_after <= Duration::from_millis(400) + SLACK,
-        "up after {up_after:?}"
+        "up {up_after:?} after the restart: {status}"
     );
-    assert_eq!(reached_a, 3, "clients go to a again once it is up");
     assert!(relay.stderr().contains("server down"), "{}", relay.stderr());
     assert_eq!(
         metric(
@@ -150,12 +151,16 @@ async fn a_stopped_server_goes_down_within_fall_checks_and_back_up_within_rise()
     );
 }
 
-/// An HTTP server answering every request, after `delay`, with the status in `code`; records
-/// request heads.
+/// Request heads an `http_upstream` received, in order, each with whether its gate was open
+/// when the head arrived.
+type Heads = Arc<std::sync::Mutex<Vec<(String, bool)>>>;
+
+/// An HTTP server answering every request with the status in `code`, once `gate` is open;
+/// records request heads.
 async fn http_upstream(
     code: Arc<AtomicU16>,
-    heads: Arc<std::sync::Mutex<Vec<String>>>,
-    delay: Duration,
+    heads: Heads,
+    gate: watch::Receiver<bool>,
 ) -> SocketAddr {
     let listener = upstream_listener();
     let addr = listener.local_addr().unwrap();
@@ -164,7 +169,7 @@ async fn http_upstream(
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
-            let (code, heads) = (Arc::clone(&code), Arc::clone(&heads));
+            let (code, heads, mut gate) = (Arc::clone(&code), Arc::clone(&heads), gate.clone());
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -174,11 +179,14 @@ async fn http_upstream(
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
+                let open = *gate.borrow();
                 heads
                     .lock()
                     .unwrap()
-                    .push(String::from_utf8_lossy(&head).into_owned());
-                tokio::time::sleep(delay).await;
+                    .push((String::from_utf8_lossy(&head).into_owned(), open));
+                if gate.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
                 let code = code.load(Ordering::SeqCst);
                 let response = format!(
                     "HTTP/1.1 {code} Whatever\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
@@ -191,26 +199,27 @@ async fn http_upstream(
     addr
 }
 
+/// A gate already open, and its sender (kept: a dropped sender ends `wait_for`).
+fn open_gate() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+    watch::channel(true)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_checks_accept_configured_statuses_and_show_the_firewall_reason() {
     let code = Arc::new(AtomicU16::new(401));
-    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let server = http_upstream(Arc::clone(&code), Arc::clone(&heads), Duration::ZERO).await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"http\"\npath = \"/openai/models\"\nhost = \"myres.openai.azure.com\"\nstatuses = [\"401\"]\nfirewall_statuses = [\"403\"]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1";
-    let _relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[("aoai", server, "")],
-    ));
+    let heads = Heads::default();
+    let (_gate, open) = open_gate();
+    let server = http_upstream(Arc::clone(&code), Arc::clone(&heads), open).await;
+    let (_relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health = "check = \"http\"\npath = \"/openai/models\"\nhost = \"myres.openai.azure.com\"\nstatuses = [\"401\"]\nfirewall_statuses = [\"403\"]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1";
+        relay_config(admin, listen, "", health, &[("aoai", server, "")])
+    });
     wait_state(admin, "p", "aoai", "up", Duration::from_secs(5)).await;
     {
         let heads = heads.lock().unwrap();
         assert!(
-            heads[0].starts_with("GET /openai/models HTTP/1.1\r\n")
-                && heads[0].contains("\r\nHost: myres.openai.azure.com\r\n"),
+            heads[0].0.starts_with("GET /openai/models HTTP/1.1\r\n")
+                && heads[0].0.contains("\r\nHost: myres.openai.azure.com\r\n"),
             "{heads:?}"
         );
     }
@@ -276,37 +285,69 @@ async fn http_checks_accept_configured_statuses_and_show_the_firewall_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_arriving_before_the_first_check_has_answered_waits_for_it() {
-    // The check's answer takes 300 ms: a client connecting as soon as the relay runs finds
-    // its only server still unknown.
-    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let server = http_upstream(
-        Arc::new(AtomicU16::new(200)),
-        Arc::clone(&heads),
-        Duration::from_millis(300),
-    )
-    .await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"http\"\ninterval = \"5s\"\ntimeout = \"2s\"";
-    let started = Instant::now();
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[("web", server, "")],
-    ));
-    let mut client = TcpStream::connect(listen).await.unwrap();
+    // The upstream holds every answer until the test opens its gate, so the first check cannot
+    // have answered when the client arrives.
+    let heads = Heads::default();
+    let (gate, closed) = watch::channel(false);
+    let server = http_upstream(Arc::new(AtomicU16::new(200)), Arc::clone(&heads), closed).await;
+    // One check, answered well within its timeout (which is also how long a client may wait).
+    let health = "check = \"http\"\npath = \"/check\"\ninterval = \"60s\"\ntimeout = \"20s\"";
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        relay_config(admin, listen, "", health, &[("web", server, "")])
+    });
+    let arrived = |path: &str| {
+        let heads = heads.lock().unwrap();
+        heads
+            .iter()
+            .find(|(head, _)| head.starts_with(&format!("GET {path} ")))
+            .map(|(_, gate_open)| *gate_open)
+    };
+    assert!(
+        eventually(STEP_LIMIT, || arrived("/check").is_some()).await,
+        "no health check reached the upstream"
+    );
+
+    // The client is inside the relay while its only server is still unknown.
+    let mut client = connect(listen).await;
     client
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /client HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        let status = get_status(admin).await;
+        if status["connections"]["active"] == 1 {
+            assert_eq!(
+                servers_json(&status, "p", "web")[0]["state"],
+                "unknown",
+                "the client arrived after the first check: {status}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay holds no client: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The check answers; the client is served by the server, which its request reached only
+    // after the check's answer was let go.
+    gate.send_replace(true);
     let mut answer = String::new();
-    client.read_to_string(&mut answer).await.unwrap();
+    tokio::time::timeout(STEP_LIMIT, client.read_to_string(&mut answer))
+        .await
+        .expect("answered in time")
+        .unwrap();
     assert!(
         answer.starts_with("HTTP/1.1 200"),
         "refused instead of waiting: {answer:?}"
     );
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        arrived("/client"),
+        Some(true),
+        "the client's request reached the server before its first check answered"
+    );
     drop(client);
     let log = relay.wait_for_log_lines(1, Duration::from_secs(5)).await;
     assert!(log[0].contains("server=web"), "{log:?}");
@@ -316,14 +357,15 @@ async fn a_client_arriving_before_the_first_check_has_answered_waits_for_it() {
 async fn checks_send_a_proxy_v2_local_header_when_the_pool_sends_proxy_headers() {
     let listener = upstream_listener();
     let server = listener.local_addr().unwrap();
-    let (admin, listen) = (free_addr(), free_addr());
-    let _relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "send_proxy = \"v2\"",
-        "check = \"tcp\"\ninterval = \"100ms\"",
-        &[("s", server, "")],
-    ));
+    let (_relay, _) = start_relay(|[admin, listen]| {
+        relay_config(
+            admin,
+            listen,
+            "send_proxy = \"v2\"",
+            "check = \"tcp\"\ninterval = \"100ms\"",
+            &[("s", server, "")],
+        )
+    });
     let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
         .await
         .expect("a check connected")
@@ -360,16 +402,17 @@ async fn blackhole() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
 async fn passive_detection_marks_a_blackholed_server_down_before_its_next_check() {
     let (hole, _socket, _queued) = blackhole().await;
     let b = Upstream::start("b").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    // Checks every 10 s: far longer than the test; only live traffic can notice in time.
-    let health = "check = \"tcp\"\ninterval = \"10s\"\ntimeout = \"300ms\"\nrise = 1\nfall = 3\ninit_state = \"up\"\npassive_fall = 3";
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "connect_timeout = \"200ms\"\nretries = 1",
-        health,
-        &[("hole", hole, ""), ("b", b.addr, "")],
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        // Checks every 10 s: far longer than the test; only live traffic can notice in time.
+        let health = "check = \"tcp\"\ninterval = \"10s\"\ntimeout = \"300ms\"\nrise = 1\nfall = 3\ninit_state = \"up\"\npassive_fall = 3";
+        relay_config(
+            admin,
+            listen,
+            "connect_timeout = \"200ms\"\nretries = 1",
+            health,
+            &[("hole", hole, ""), ("b", b.addr, "")],
+        )
+    });
     assert_eq!(server_state(admin, "p", "hole").await, "up");
 
     let started = Instant::now();
@@ -417,18 +460,19 @@ async fn passive_detection_marks_a_blackholed_server_down_before_its_next_check(
 async fn backups_take_over_when_the_primaries_are_down_and_give_back() {
     let primary = Upstream::start("primary").await;
     let backup = Upstream::start("backup").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\npassive_fall = 0";
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[
-            ("primary", primary.addr, ""),
-            ("backup", backup.addr, "  backup = true"),
-        ],
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health = "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\npassive_fall = 0";
+        relay_config(
+            admin,
+            listen,
+            "",
+            health,
+            &[
+                ("primary", primary.addr, ""),
+                ("backup", backup.addr, "  backup = true"),
+            ],
+        )
+    });
     wait_state(admin, "p", "primary", "up", Duration::from_secs(5)).await;
     wait_state(admin, "p", "backup", "up", Duration::from_secs(5)).await;
     for _ in 0..5 {
@@ -491,32 +535,36 @@ async fn backups_take_over_when_the_primaries_are_down_and_give_back() {
 async fn slow_start_ramps_the_share_of_a_server_coming_back() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"tcp\"\ninterval = \"100ms\"\nfast_interval = \"50ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\npassive_fall = 0";
-    let _relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "balance = \"round-robin\"\nslow_start = \"2s\"",
-        health,
-        &[("a", a.addr, ""), ("b", b.addr, "")],
-    ));
+    let (_relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health = "check = \"tcp\"\ninterval = \"100ms\"\nfast_interval = \"50ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\npassive_fall = 0";
+        relay_config(
+            admin,
+            listen,
+            "balance = \"round-robin\"\nslow_start = \"2s\"",
+            health,
+            &[("a", a.addr, ""), ("b", b.addr, "")],
+        )
+    });
     wait_state(admin, "p", "b", "up", Duration::from_secs(5)).await;
     wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
     b.stop().await;
     wait_state(admin, "p", "b", "down", Duration::from_secs(5)).await;
     b.restart();
     wait_state(admin, "p", "b", "up", Duration::from_secs(5)).await;
-    let back = Instant::now();
+    // b's return as the relay reports it, which is when its ramp starts.
+    let back = since(&servers_json(&get_status(admin).await, "p", "b")[0]);
+    let since_back = move || SystemTime::now().duration_since(back).unwrap_or_default();
 
     // Connections for the 2 s ramp and a little after, timed from b's return.
     let mut tasks = Vec::new();
     for _ in 0..4 {
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
-            while back.elapsed() < Duration::from_millis(2600) {
+            while since_back() < Duration::from_millis(2600) {
+                let at = since_back();
                 let (stream, name) = try_which(listen).await.expect("served");
                 drop(stream);
-                seen.push((back.elapsed(), name));
+                seen.push((at, name));
             }
             seen
         }));
@@ -545,14 +593,15 @@ async fn slow_start_ramps_the_share_of_a_server_coming_back() {
 async fn draining_through_the_admin_stops_new_connections_while_open_ones_finish() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let _relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        "",
-        &[("a", a.addr, ""), ("b", b.addr, "")],
-    ));
+    let (_relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        relay_config(
+            admin,
+            listen,
+            "",
+            "",
+            &[("a", a.addr, ""), ("b", b.addr, "")],
+        )
+    });
     let mut held = loop {
         let (stream, name) = try_which(listen).await.unwrap();
         if name == "a" {
@@ -605,15 +654,17 @@ async fn draining_through_the_admin_stops_new_connections_while_open_ones_finish
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_down_close_closes_the_connections_of_a_server_that_goes_down() {
     let a = Upstream::start("a").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let health = "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1";
-    let relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "on_down = \"close\"",
-        health,
-        &[("a", a.addr, "")],
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        let health =
+            "check = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1";
+        relay_config(
+            admin,
+            listen,
+            "on_down = \"close\"",
+            health,
+            &[("a", a.addr, "")],
+        )
+    });
     wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
     let (mut stream, _) = try_which(listen).await.unwrap();
     a.stop().await;
@@ -631,16 +682,11 @@ async fn on_down_close_closes_the_connections_of_a_server_that_goes_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_the_servers_health_state() {
     let a = Upstream::start("a").await;
-    let (admin, listen) = (free_addr(), free_addr());
-    // Slow checks and rise 3: a server the reload forgot would be "unknown" for seconds.
-    let health = "check = \"tcp\"\ninterval = \"2s\"\ntimeout = \"200ms\"\nrise = 3\nfall = 3";
-    let mut relay = RelayProcess::start(&relay_config(
-        admin,
-        listen,
-        "",
-        health,
-        &[("a", a.addr, "")],
-    ));
+    let (mut relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        // Slow checks and rise 3: a server the reload forgot would be "unknown" for seconds.
+        let health = "check = \"tcp\"\ninterval = \"2s\"\ntimeout = \"200ms\"\nrise = 3\nfall = 3";
+        relay_config(admin, listen, "", health, &[("a", a.addr, "")])
+    });
     wait_state(admin, "p", "a", "up", Duration::from_secs(5)).await;
     let (code, _) = admin_request(admin, "POST", "/pools/p/servers/a/drain", Some(TOKEN)).await;
     assert_eq!(code, 200);
@@ -743,13 +789,13 @@ async fn tls_checks_verify_the_certificate_and_its_name() {
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, CA_PEM).unwrap();
     let ca = ca.display();
-    let (admin, listen) = (free_addr(), free_addr());
-    let check = |sni: &str, extra: &str| {
-        format!("  [pool.health]\n  check = \"tls\"\n  sni = \"{sni}\"\n  interval = \"100ms\"\n  timeout = \"1s\"\n  rise = 1\n  fall = 1\n{extra}\n  [[pool.server]]\n  name = \"tls\"\n  address = \"{server}\"\n")
-    };
-    let mut config = relay_config(admin, listen, "", "", &[]);
-    config.push_str(&check("localhost", &format!("  ca_file = \"{ca}\"")));
-    for (pool, body) in [
+    let (_relay, [admin, _]) = start_relay(|[admin, listen]| {
+        let check = |sni: &str, extra: &str| {
+            format!("  [pool.health]\n  check = \"tls\"\n  sni = \"{sni}\"\n  interval = \"100ms\"\n  timeout = \"1s\"\n  rise = 1\n  fall = 1\n{extra}\n  [[pool.server]]\n  name = \"tls\"\n  address = \"{server}\"\n")
+        };
+        let mut config = relay_config(admin, listen, "", "", &[]);
+        config.push_str(&check("localhost", &format!("  ca_file = \"{ca}\"")));
+        for (pool, body) in [
         ("wrong-name", check("other.example", &format!("  ca_file = \"{ca}\""))),
         ("system-roots", check("localhost", "")),
         ("unverified", check("other.example", "  verify = false")),
@@ -760,7 +806,8 @@ async fn tls_checks_verify_the_certificate_and_its_name() {
     ] {
         config.push_str(&format!("\n[[pool]]\nname = \"{pool}\"\n{body}"));
     }
-    let _relay = RelayProcess::start(&config);
+        config
+    });
     wait_state(admin, "p", "tls", "up", Duration::from_secs(5)).await;
     wait_state(admin, "https", "tls", "up", Duration::from_secs(5)).await;
     wait_state(admin, "unverified", "tls", "up", Duration::from_secs(5)).await;
@@ -792,8 +839,8 @@ fn check_warns_about_unverified_tls_checks() {
     let dir = scratch_dir("check");
     let path = dir.join("l4relay.toml");
     let text = relay_config(
-        free_addr(),
-        free_addr(),
+        unused_addr(),
+        unused_addr(),
         "",
         "check = \"tls\"\nverify = false",
         &[("x", "127.0.0.1:9".parse().unwrap(), "")],

@@ -12,8 +12,9 @@
 //! connection within the pool's keepalive bound (TCP_USER_TIMEOUT, as data is in flight);
 //! health marks a down and new connections are served by b; a host removed while clients keep
 //! connecting costs no client connection. Every namespace is deleted when the test ends, also on
-//! failure. Skipped, saying why, where namespaces can't be created.
+//! failure. Needs root (`#[ignore]`d: run with `--ignored`).
 
+use crate::support::BENCH;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,18 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::require;
+
 const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
-/// The bench tool is a package of its own (bench/): `cargo test` at the workspace root builds it
-/// next to l4relay.
-static BENCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let path = std::path::Path::new(RELAY).with_file_name("l4relay-bench");
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test` at the workspace root (or `cargo build -p l4relay-bench`)",
-        path.display()
-    );
-    path.to_str().unwrap().to_owned()
-});
 
 /// keepalive_idle + keepalive_interval × keepalive_count in the pool below.
 const KEEPALIVE_BOUND: Duration = Duration::from_secs(3);
@@ -244,13 +236,12 @@ fn can_create_namespaces() -> Result<(), String> {
 }
 
 #[test]
+#[ignore = "needs root and ip (iproute2): run with --ignored"]
 fn across_namespaces_link_down_and_host_removed() {
-    if let Err(why) = can_create_namespaces() {
-        eprintln!(
-            "SKIPPED: cannot create network namespaces here ({why}); needs root and iproute2"
-        );
-        return;
-    }
+    require(
+        "network namespaces (ip netns: root, iproute2)",
+        can_create_namespaces(),
+    );
     let mut ns = Namespaces {
         prefix: format!("l4r-{}", std::process::id()),
         created: Vec::new(),

@@ -4,22 +4,14 @@
 //! Runs in a network namespace the test creates (`unshare --net`), so that it can enable
 //! `net.ipv4.tcp_migrate_req` (which the upgrade procedure asks for: connections queued on the
 //! old process's listener move to the new one's instead of being reset) without touching the
-//! host. Skipped, saying why, where namespaces can't be created.
+//! host. Needs root (`#[ignore]`d: run with `--ignored`).
 
+use crate::support::BENCH;
 use std::process::Command;
 
+use crate::support::{require, runs};
+
 const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
-/// The bench tool is a package of its own (bench/): `cargo test` at the workspace root builds it
-/// next to l4relay.
-static BENCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let path = std::path::Path::new(RELAY).with_file_name("l4relay-bench");
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test` at the workspace root (or `cargo build -p l4relay-bench`)",
-        path.display()
-    );
-    path.to_str().unwrap().to_owned()
-});
 
 /// The whole scenario, run by bash inside the namespace. Waits are bounded polls; the only
 /// fixed pauses pace the load (it runs before, during and after the old process's drain).
@@ -69,15 +61,12 @@ rm -rf "$dir"
 "#;
 
 #[test]
+#[ignore = "needs root and unshare (util-linux): run with --ignored"]
 fn no_connection_refused_while_the_old_process_drains() {
-    if !Command::new("unshare")
-        .args(["--net", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("SKIPPED: cannot create a network namespace here (unshare --net needs root or user namespaces)");
-        return;
-    }
+    require(
+        "a network namespace (unshare --net: root, util-linux)",
+        runs("unshare", &["--net", "true"]),
+    );
     let out = Command::new("unshare")
         .args(["--net", "bash", "-c", SCENARIO])
         .env("RELAY", RELAY)

@@ -1,12 +1,10 @@
 //! Metrics, readiness and the access log, scraped from the running binary.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -51,16 +49,16 @@ fn sample(all: &HashMap<String, f64>, key: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_equal_exactly_what_happened() {
     let (server, _) = echo_server().await;
-    let dead = free_addr();
-    let (listen_a, listen_b, admin) = (free_addr(), free_addr(), free_addr());
-    let config = format!(
+    let dead = unused_addr();
+    let (relay, [listen_a, listen_b, admin]) = start_relay(|[listen_a, listen_b, admin]| {
+        format!(
         "[admin]\nlisten = \"{admin}\"\n\n\
          [[listener]]\nname = \"a\"\nlisten = \"{listen_a}\"\npool = \"live\"\ndeny = [\"127.0.0.2/32\"]\n\n\
          [[listener]]\nname = \"b\"\nlisten = \"{listen_b}\"\npool = \"dead\"\n\n\
          [[pool]]\nname = \"live\"\n  [[pool.server]]\n  name = \"echo\"\n  address = \"{server}\"\n\
          [[pool]]\nname = \"dead\"\nretries = 0\n  [[pool.server]]\n  name = \"nothing\"\n  address = \"{dead}\"\n"
-    );
-    let relay = RelayProcess::start(&config);
+    )
+    });
 
     const N: u64 = 20;
     const M: u64 = 100_000;
@@ -186,10 +184,10 @@ async fn counters_equal_exactly_what_happened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histograms_have_the_documented_buckets() {
     let (server, _) = echo_server().await;
-    let (listen, admin) = (free_addr(), free_addr());
-    let config = config(listen, &[server], "", "")
-        .replace("listen = \"off\"", &format!("listen = \"{admin}\""));
-    let relay = RelayProcess::start(&config);
+    let (relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        config(listen, &[server], "", "")
+            .replace("listen = \"off\"", &format!("listen = \"{admin}\""))
+    });
     let mut stream = TcpStream::connect(listen).await.unwrap();
     stream.write_all(b"x").await.unwrap();
     stream.shutdown().await.unwrap();
@@ -227,11 +225,11 @@ async fn histograms_have_the_documented_buckets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_stream_shows_in_metrics_before_it_ends() {
     let (server, _) = echo_server().await;
-    let (listen, admin) = (free_addr(), free_addr());
-    // idle_timeout 8s: the session's tick (1/8 of it) publishes every second.
-    let config = config(listen, &[server], "idle_timeout = \"8s\"", "")
-        .replace("listen = \"off\"", &format!("listen = \"{admin}\""));
-    let _relay = RelayProcess::start(&config);
+    let (_relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        // idle_timeout 8s: the session's tick (1/8 of it) publishes every second.
+        config(listen, &[server], "idle_timeout = \"8s\"", "")
+            .replace("listen = \"off\"", &format!("listen = \"{admin}\""))
+    });
     let mut stream = TcpStream::connect(listen).await.unwrap();
     let chunk = vec![1u8; 1 << 20];
     stream.write_all(&chunk).await.unwrap();
@@ -259,12 +257,12 @@ async fn a_long_stream_shows_in_metrics_before_it_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_behind_a_proxy_header_on_the_health_listener() {
     let (server, _) = echo_server().await;
-    let (listen, admin, health) = (free_addr(), free_addr(), free_addr());
-    let config = config(listen, &[server], "", "").replace(
-        "listen = \"off\"",
-        &format!("listen = \"{admin}\"\nhealth_listen = \"{health}\""),
-    );
-    let _relay = RelayProcess::start(&config);
+    let (_relay, [_, admin, health]) = start_relay(|[listen, admin, health]| {
+        config(listen, &[server], "", "").replace(
+            "listen = \"off\"",
+            &format!("listen = \"{admin}\"\nhealth_listen = \"{health}\""),
+        )
+    });
 
     // The NLB's health check on a proxy-protocol target group: v2 LOCAL, then HTTP.
     let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
@@ -298,10 +296,10 @@ async fn readyz_answers_behind_a_proxy_header_on_the_health_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_json_access_log_has_one_object_per_connection() {
     let (server, _) = echo_server().await;
-    let listen = free_addr();
-    let config = config(listen, &[server], "", "")
-        .replace("[admin]", "[global]\nlog_format = \"json\"\n\n[admin]");
-    let relay = RelayProcess::start(&config);
+    let (relay, [listen]) = start_relay(|[listen]| {
+        config(listen, &[server], "", "")
+            .replace("[admin]", "[global]\nlog_format = \"json\"\n\n[admin]")
+    });
     for i in 0..3u64 {
         let mut stream = TcpStream::connect(listen).await.unwrap();
         send_payload(&mut stream, i, 1000 * (i + 1)).await;
@@ -332,25 +330,19 @@ async fn the_json_access_log_has_one_object_per_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs promtool (apt-get install prometheus): run with --ignored"]
 async fn promtool_accepts_the_exposition() {
-    if std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: promtool not installed (apt-get install prometheus); CI installs it");
-        return;
-    }
+    require_promtool();
     let (server, _) = echo_server().await;
-    let (listen, admin) = (free_addr(), free_addr());
-    let config = config(
-        listen,
-        &[server],
-        "proxy_protocol = \"any\"\nallow_vpce = [\"vpce-0123456789abcdef0\"]",
-        "",
-    )
-    .replace("listen = \"off\"", &format!("listen = \"{admin}\""));
-    let relay = RelayProcess::start(&config);
+    let (relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        config(
+            listen,
+            &[server],
+            "proxy_protocol = \"any\"\nallow_vpce = [\"vpce-0123456789abcdef0\"]",
+            "",
+        )
+        .replace("listen = \"off\"", &format!("listen = \"{admin}\""))
+    });
     let mut stream = TcpStream::connect(listen).await.unwrap();
     stream
         .write_all(b"PROXY TCP4 10.0.0.1 10.0.0.2 1000 443\r\nhello")

@@ -3,12 +3,10 @@
 //! past the routes, and `/readyz` tells the load balancer when the process is at
 //! `max_connections` (with hysteresis).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The relay's peek limit (`sni::MAX_CLIENT_HELLO`), as documented in configuration.md.
@@ -158,7 +156,7 @@ async fn readyz(admin: SocketAddr) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_at_the_process_limit_with_hysteresis() {
     let (server, _) = echo_server().await;
-    let (listen, admin) = (listen_addr(), free_addr());
+    let (listen, admin) = (listen_addr(), listen_addr());
     let relay = RelayProcess::start(
         &config(listen, &[server], "", "")
             .replace("listen = \"off\"", &format!("listen = \"{admin}\""))

@@ -7,14 +7,12 @@
 //! certificates), and every TLS peer is a real rustls client or server verifying what it is
 //! told to verify.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -365,23 +363,6 @@ async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, what: &str) -> Seen {
 // ---------------------------------------------------------------------------------------------
 // The relay.
 
-fn listener(name: &str, listen: SocketAddr, pool: &str, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"{name}\"\nlisten = \"{listen}\"\npool = \"{pool}\"\n{extra}\n\n"
-    )
-}
-
-fn pool(name: &str, servers: &[SocketAddr], extra: &str) -> String {
-    let mut text = format!("[[pool]]\nname = \"{name}\"\n{extra}\n");
-    for (i, server) in servers.iter().enumerate() {
-        text.push_str(&format!(
-            "  [[pool.server]]\n  name = \"{name}-{i}\"\n  address = \"{server}\"\n"
-        ));
-    }
-    text.push('\n');
-    text
-}
-
 /// `[listener.tls]` with `leaf` as the certificate, plus `extra` keys.
 fn listener_tls(leaf: &Leaf, extra: &str) -> String {
     format!(
@@ -389,25 +370,6 @@ fn listener_tls(leaf: &Leaf, extra: &str) -> String {
         leaf.cert_file.display(),
         leaf.key_file.display()
     )
-}
-
-/// Starts a relay on a config built around fresh listen addresses, again if the port was
-/// taken in between.
-fn start_relay<T>(build: impl Fn() -> (String, T)) -> (RelayProcess, T) {
-    const ATTEMPTS: usize = 3;
-    for attempt in 1..=ATTEMPTS {
-        let (config, addresses) = build();
-        match std::panic::catch_unwind(|| RelayProcess::start(&config)) {
-            Ok(relay) => return (relay, addresses),
-            Err(panic) => {
-                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
-                if attempt == ATTEMPTS || !message.contains("Address already in use") {
-                    std::panic::resume_unwind(panic);
-                }
-            }
-        }
-    }
-    unreachable!()
 }
 
 fn assert_fields(line: &str, fields: &[&str]) {
@@ -444,14 +406,12 @@ async fn termination_relays_verified_bytes_both_ways() {
     let ca = Ca::new(&dir, "main");
     let cert = ca.leaf("relay", &["relay.test"]);
     let (echo, _) = echo_server().await;
-    let (relay, listen) = start_relay(|| {
-        let listen = listen_addr();
-        let config = assemble_config(
+    let (relay, [listen]) = start_relay(|[listen]| {
+        assemble_config(
             None,
             &[listener("tls", listen, "p", &listener_tls(&cert, ""))],
             &[pool("p", &[echo], "")],
-        );
-        (config, listen)
+        )
     });
 
     let (tls, local) = tls_connect(listen, "relay.test", client_config(ca.roots(), None)).await;
@@ -496,11 +456,10 @@ async fn origination_verifies_the_server_and_sends_its_name() {
     let (server, mut seen) = upstream(Some(server_config(&good)), Behaviour::Echo).await;
     let (bad, _) = upstream(Some(server_config(&impostor)), Behaviour::Echo).await;
     let ca_file = ca.file.display().to_string();
-    let (mut relay, (by_name, by_ip, untrusted)) = start_relay(|| {
-        let (by_name, by_ip, untrusted) = (listen_addr(), listen_addr(), listen_addr());
+    let (mut relay, [by_name, by_ip, untrusted]) = start_relay(|[by_name, by_ip, untrusted]| {
         let named = format!("  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n");
         let ip = format!("  [pool.tls]\n  ca_file = \"{ca_file}\"\n");
-        let config = assemble_config(
+        assemble_config(
             None,
             &[
                 listener("by-name", by_name, "named", ""),
@@ -512,8 +471,7 @@ async fn origination_verifies_the_server_and_sends_its_name() {
                 pool("ip", &[server], &ip),
                 pool("impostor", &[bad], &named),
             ],
-        );
-        (config, (by_name, by_ip, untrusted))
+        )
     });
 
     // The pool's sni: sent, and the certificate verified against it.
@@ -564,9 +522,8 @@ async fn terminate_and_originate_at_once() {
     let back = ca.leaf("back", &["upstream.test"]);
     let (server, mut seen) = upstream(Some(server_config(&back)), Behaviour::Echo).await;
     let ca_file = ca.file.display().to_string();
-    let (relay, listen) = start_relay(|| {
-        let listen = listen_addr();
-        let config = assemble_config(
+    let (relay, [listen]) = start_relay(|[listen]| {
+        assemble_config(
             None,
             &[listener("both", listen, "p", &listener_tls(&front, ""))],
             &[pool(
@@ -574,8 +531,7 @@ async fn terminate_and_originate_at_once() {
                 &[server],
                 &format!("  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n"),
             )],
-        );
-        (config, listen)
+        )
     });
 
     let (tls, local) = tls_connect(listen, "relay.test", client_config(ca.roots(), None)).await;
@@ -614,23 +570,21 @@ async fn client_certificates_accepted_and_refused() {
     let stranger = other_ca.leaf("stranger", &["client.test"]);
     let (echo, _) = echo_server().await;
     let ca_file = ca.file.display().to_string();
-    let (relay, (required, optional)) = start_relay(|| {
-        let (required, optional) = (listen_addr(), listen_addr());
+    let (relay, [required, optional]) = start_relay(|[required, optional]| {
         let mtls = |mode: &str| {
             listener_tls(
                 &cert,
                 &format!("  client_ca = \"{ca_file}\"\n  client_auth = \"{mode}\"\n"),
             )
         };
-        let config = assemble_config(
+        assemble_config(
             None,
             &[
                 listener("required", required, "p", &mtls("required")),
                 listener("optional", optional, "p", &mtls("optional")),
             ],
             &[pool("p", &[echo], "")],
-        );
-        (config, (required, optional))
+        )
     });
     let roots = || ca.roots();
 
@@ -687,8 +641,7 @@ async fn sni_chooses_the_certificate_and_the_route() {
     let (server_a, _) = named_server("A").await;
     let (server_b, _) = named_server("B").await;
     let (server_d, _) = named_server("D").await;
-    let (_relay, listen) = start_relay(|| {
-        let listen = listen_addr();
+    let (_relay, [listen]) = start_relay(|[listen]| {
         let tls = format!(
             "{}  [[listener.tls.certificate]]\n  cert = \"{}\"\n  key = \"{}\"\n\
              \x20 [[listener.tls.certificate]]\n  cert = \"{}\"\n  key = \"{}\"\n  server_names = [\"b.test\", \"*.b.test\"]\n\
@@ -700,7 +653,7 @@ async fn sni_chooses_the_certificate_and_the_route() {
             b.cert_file.display(),
             b.key_file.display(),
         );
-        let config = assemble_config(
+        assemble_config(
             None,
             &[listener("sni", listen, "D", &tls)],
             &[
@@ -708,8 +661,7 @@ async fn sni_chooses_the_certificate_and_the_route() {
                 pool("B", &[server_b], ""),
                 pool("D", &[server_d], ""),
             ],
-        );
-        (config, listen)
+        )
     });
 
     // A name from the certificate's own SANs, verified against the CA like any client would.
@@ -739,18 +691,16 @@ async fn proxy_v2_header_then_tls() {
     let ca = Ca::new(&dir, "main");
     let cert = ca.leaf("relay", &["relay.test"]);
     let (echo, _) = echo_server().await;
-    let (relay, listen) = start_relay(|| {
-        let listen = listen_addr();
+    let (relay, [listen]) = start_relay(|[listen]| {
         let extra = format!(
             "proxy_protocol = \"v2\"\nallow = [\"203.0.113.0/24\"]\n{}",
             listener_tls(&cert, "")
         );
-        let config = assemble_config(
+        assemble_config(
             None,
             &[listener("pp", listen, "p", &extra)],
             &[pool("p", &[echo], "")],
-        );
-        (config, listen)
+        )
     });
 
     // PROXY v2, TCP over IPv4, from 203.0.113.7:40000 to 10.0.0.1:443, by hand.
@@ -796,9 +746,8 @@ async fn half_close_setup(name: &str, behaviour: Behaviour) -> HalfClose {
     let (plain, plain_seen) = upstream(None, behaviour).await;
     let (tls_server, tls_seen) = upstream(Some(server_config(&back)), behaviour).await;
     let ca_file = ca.file.display().to_string();
-    let (relay, (terminating, originating)) = start_relay(|| {
-        let (terminating, originating) = (listen_addr(), listen_addr());
-        let config = assemble_config(
+    let (relay, [terminating, originating]) = start_relay(|[terminating, originating]| {
+        assemble_config(
             None,
             &[
                 listener("terminate", terminating, "plain", &listener_tls(&front, "")),
@@ -814,8 +763,7 @@ async fn half_close_setup(name: &str, behaviour: Behaviour) -> HalfClose {
                     ),
                 ),
             ],
-        );
-        (config, (terminating, originating))
+        )
     });
     HalfClose {
         dir,
@@ -886,14 +834,12 @@ async fn certificates_are_reloaded_on_sighup() {
         cert_file.display(),
         key_file.display()
     );
-    let (mut relay, (listen, admin)) = start_relay(|| {
-        let (listen, admin) = (listen_addr(), listen_addr());
-        let config = assemble_config(
+    let (mut relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        assemble_config(
             Some(admin),
             &[listener("tls", listen, "p", &tls_table)],
             &[pool("p", &[echo], "")],
-        );
-        (config, (listen, admin))
+        )
     });
     let client = || client_config(ca.roots(), None);
 
@@ -966,7 +912,7 @@ fn check_reports_certificate_files_and_unverified_pools() {
     let ca = Ca::new(&dir, "main");
     let a = ca.leaf("a", &["a.test"]);
     let b = ca.leaf("b", &["b.test"]);
-    let (l0, l1, server) = (free_addr(), free_addr(), free_addr());
+    let (l0, l1, server) = (unused_addr(), unused_addr(), unused_addr());
     let missing = dir.join("missing.pem");
     let broken = format!(
         "{}{}{}",
@@ -1110,15 +1056,13 @@ async fn handshake_timeout_covers_the_tls_handshake() {
     let ca = Ca::new(&dir, "main");
     let cert = ca.leaf("relay", &["relay.test"]);
     let (echo, accepted) = echo_server().await;
-    let (relay, listen) = start_relay(|| {
-        let listen = listen_addr();
+    let (relay, [listen]) = start_relay(|[listen]| {
         let extra = format!("handshake_timeout = \"500ms\"\n{}", listener_tls(&cert, ""));
-        let config = assemble_config(
+        assemble_config(
             None,
             &[listener("tls", listen, "p", &extra)],
             &[pool("p", &[echo], "")],
-        );
-        (config, listen)
+        )
     });
 
     for stall in [Stall::Silent, Stall::AfterClientHello] {
@@ -1191,12 +1135,11 @@ async fn a_failed_upstream_handshake_is_a_failed_connect() {
     let (plain, _) = named_server("plain").await;
     let (trusted, mut seen) = upstream(Some(server_config(&good)), Behaviour::Echo).await;
     let ca_file = ca.file.display().to_string();
-    let (relay, (listen, failing, admin)) = start_relay(|| {
-        let (listen, failing, admin) = (listen_addr(), listen_addr(), listen_addr());
+    let (relay, [listen, failing, admin]) = start_relay(|[listen, failing, admin]| {
         let tls = format!("  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n");
         // Checks once an hour: only live traffic can take the failing servers down in time.
         let health = "  [pool.health]\n  check = \"tcp\"\n  interval = \"1h\"\n  init_state = \"up\"\n  passive_fall = 2\n";
-        let config = assemble_config(
+        assemble_config(
             Some(admin),
             &[
                 listener("retried", listen, "p", ""),
@@ -1214,8 +1157,7 @@ async fn a_failed_upstream_handshake_is_a_failed_connect() {
                     &format!("balance = \"first\"\nretries = 1\n{tls}"),
                 ),
             ],
-        );
-        (config, (listen, failing, admin))
+        )
     });
     let attempts = |server: &'static str, result: &'static str| async move {
         metric(
@@ -1328,12 +1270,11 @@ async fn pool_alpn_is_offered_to_the_servers() {
     )
     .await;
     let ca_file = ca.file.display().to_string();
-    let (relay, (offering, silent, mismatched)) = start_relay(|| {
-        let (offering, silent, mismatched) = (listen_addr(), listen_addr(), listen_addr());
+    let (relay, [offering, silent, mismatched]) = start_relay(|[offering, silent, mismatched]| {
         let tls = |alpn: &str| {
             format!("  [pool.tls]\n  sni = \"upstream.test\"\n  ca_file = \"{ca_file}\"\n{alpn}")
         };
-        let config = assemble_config(
+        assemble_config(
             None,
             &[
                 listener("offering", offering, "offering", ""),
@@ -1349,8 +1290,7 @@ async fn pool_alpn_is_offered_to_the_servers() {
                 pool("silent", &[server], &tls("")),
                 pool("mismatched", &[server], &tls("  alpn = [\"h3\"]\n")),
             ],
-        );
-        (config, (offering, silent, mismatched))
+        )
     });
 
     for (listen, expected) in [(offering, Some("http/1.1")), (silent, None)] {
@@ -1379,9 +1319,8 @@ async fn an_unverified_pool_is_warned_about_at_start_and_accepts_any_certificate
     let other_ca = Ca::new(&dir, "other");
     let impostor = other_ca.leaf("impostor", &["somewhere.else"]);
     let (server, mut seen) = upstream(Some(server_config(&impostor)), Behaviour::Echo).await;
-    let (relay, listen) = start_relay(|| {
-        let listen = listen_addr();
-        let config = assemble_config(
+    let (relay, [listen]) = start_relay(|[listen]| {
+        assemble_config(
             None,
             &[listener("l", listen, "p", "")],
             &[pool(
@@ -1389,8 +1328,7 @@ async fn an_unverified_pool_is_warned_about_at_start_and_accepts_any_certificate
                 &[server],
                 "  [pool.tls]\n  sni = \"upstream.test\"\n  verify = false\n",
             )],
-        );
-        (config, listen)
+        )
     });
     let stderr = relay.stderr();
     assert!(
@@ -1416,7 +1354,7 @@ fn check_warns_of_certificates_that_expire_soon_or_have_expired() {
     let soon = ca.leaf_expiring("soon", &["relay.test"], 10);
     let expired = ca.leaf_expiring("expired", &["client.test"], -2);
     let fine = ca.leaf_expiring("fine", &["relay.test"], 90);
-    let (l0, l1, server) = (free_addr(), free_addr(), free_addr());
+    let (l0, l1, server) = (unused_addr(), unused_addr(), unused_addr());
     let text = format!(
         "[admin]\nlisten = \"off\"\n\n{}{}{}",
         listener("soon", l0, "p", &listener_tls(&soon, "")),

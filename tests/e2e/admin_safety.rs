@@ -3,15 +3,13 @@
 //! cap, the Host and Origin checks, the POST endpoints off off loopback without a token (the
 //! container image's config included), and what `check` says about it all.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -81,7 +79,7 @@ async fn reload(relay: &mut RelayProcess) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_rotation_by_sighup() {
     let (server, _) = echo_server().await;
-    let (listen, admin) = (listen_addr(), free_addr());
+    let (listen, admin) = (listen_addr(), listen_addr());
     let dir = scratch_dir("token");
     let token_file = dir.join("admin.token");
     write_private(&token_file, &format!("{OLD_TOKEN}\n"));
@@ -138,7 +136,7 @@ async fn token_rotation_by_sighup() {
 async fn reload_refuses_what_needs_a_restart() {
     let (first, _) = named_server("first").await;
     let (second, _) = named_server("second").await;
-    let (listen, admin) = (listen_addr(), free_addr());
+    let (listen, admin) = (listen_addr(), listen_addr());
     let base = |server: SocketAddr, global: &str, listener: &str| {
         config(listen, &[server], listener, "").replace(
             "[admin]\nlisten = \"off\"\n",
@@ -198,7 +196,8 @@ async fn reload_refuses_what_needs_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_moves_the_admin_listeners() {
     let (server, _) = echo_server().await;
-    let (listen, admin, moved, health) = (listen_addr(), free_addr(), free_addr(), free_addr());
+    let (listen, admin, moved, health) =
+        (listen_addr(), listen_addr(), listen_addr(), listen_addr());
     let mut relay = RelayProcess::start(&with_admin(
         listen,
         server,
@@ -249,7 +248,7 @@ async fn admin_connections_are_capped() {
     const CAP: usize = 64;
     const IDLE: usize = 100;
     let (server, _) = echo_server().await;
-    let (listen, admin, health) = (listen_addr(), free_addr(), free_addr());
+    let (listen, admin, health) = (listen_addr(), listen_addr(), listen_addr());
     let _relay = RelayProcess::start(&with_admin(
         listen,
         server,
@@ -308,7 +307,7 @@ async fn futures_all<F: std::future::Future<Output = String> + Send + 'static>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_and_origin_checks_keep_browsers_out() {
     let (server, _) = echo_server().await;
-    let (listen, admin, health) = (listen_addr(), free_addr(), free_addr());
+    let (listen, admin, health) = (listen_addr(), listen_addr(), listen_addr());
     let _relay = RelayProcess::start(&with_admin(
         listen,
         server,
@@ -436,7 +435,7 @@ fn check_says_the_posts_are_off_off_loopback_without_a_token() {
 async fn the_container_config_leaves_no_state_change_open() {
     // The image's config as it stands, on addresses of this test's own.
     let (server, _) = echo_server().await;
-    let (listen, admin_port) = (listen_addr(), free_addr().port());
+    let (listen, admin_port) = (listen_addr(), listen_addr().port());
     let text = container_config()
         .replace("0.0.0.0:9090", &format!("0.0.0.0:{admin_port}"))
         .replace("127.0.0.1:8443", &listen.to_string())

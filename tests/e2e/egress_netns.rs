@@ -13,6 +13,7 @@
 //! its loopback device. The namespace is deleted when the test ends, also on failure. Skipped,
 //! saying why, where namespaces can't be created.
 
+use crate::support::BENCH;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,17 +22,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
-/// The bench tool is a package of its own (bench/): `cargo test` at the workspace root builds it
-/// next to l4relay.
-static BENCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let path = std::path::Path::new(RELAY).with_file_name("l4relay-bench");
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo test` at the workspace root (or `cargo build -p l4relay-bench`)",
-        path.display()
-    );
-    path.to_str().unwrap().to_owned()
-});
 
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(program)

@@ -1,0 +1,39 @@
+//! End-to-end tests: the built `l4relay` (and `l4relay-bench`) binaries as child processes,
+//! driven over real sockets on loopback (or in network namespaces a test creates). One test
+//! binary, one module per area, so that the suite links once; see tests/README.md for how to
+//! run a part of it, and the tests that need more than cargo.
+
+mod support;
+mod support_tests;
+
+// A connection's first moments.
+mod access;
+mod handshake_timeout;
+mod proxy_protocol;
+mod sni;
+mod tls;
+
+// Relaying, upstreams and limits.
+mod dns;
+mod egress;
+mod egress_netns;
+mod health;
+mod limits;
+mod local_faults;
+mod pools;
+mod relay;
+mod upstream_side;
+
+// Under load.
+mod slow_peers;
+
+// The process: config, lifecycle, observability.
+mod admin_safety;
+mod check;
+mod dashboard;
+mod lifecycle;
+mod observability;
+
+// Namespaces and upgrades (root), the bench tool.
+mod netns;
+mod upgrade;
