@@ -33,6 +33,7 @@ mod observability;
 // The README's promises that had no test of their own (issue 21, item 13).
 mod promises_drain;
 mod promises_observe;
+mod promises_relay;
 mod promises_reload;
 
 // Namespaces and upgrades (root), the bench tool.
