@@ -31,6 +31,7 @@ mod lifecycle;
 mod observability;
 
 // The README's promises that had no test of their own (issue 21, item 13).
+mod promises_dns;
 mod promises_drain;
 mod promises_observe;
 mod promises_relay;
