@@ -36,6 +36,7 @@ mod promises_drain;
 mod promises_observe;
 mod promises_relay;
 mod promises_reload;
+mod promises_tls;
 
 // Namespaces and upgrades (root), the bench tool.
 mod bench_tool;

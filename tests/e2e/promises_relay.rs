@@ -113,18 +113,19 @@ fn refuse_splice_in_this_thread() -> Result<(), String> {
     // Classic BPF over struct seccomp_data, whose first field is the system call number. No
     // architecture check: the filter only turns one call into an error, never allows
     // anything, so a foreign ABI's call of the same number failing too is harmless.
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
+    // (The BPF constants' integer type differs between libc targets; the field is a u16.)
+    let stmt = |code: u16, k: u32| libc::sock_filter {
+        code,
         jt: 0,
         jf: 0,
         k,
     };
-    let ld_nr = (libc::BPF_LD as u32) | (libc::BPF_W as u32) | (libc::BPF_ABS as u32);
-    let ret_k = (libc::BPF_RET as u32) | (libc::BPF_K as u32);
+    let ld_nr = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret_k = (libc::BPF_RET | libc::BPF_K) as u16;
     let filter = [
         stmt(ld_nr, 0),
         libc::sock_filter {
-            code: ((libc::BPF_JMP as u32) | (libc::BPF_JEQ as u32) | (libc::BPF_K as u32)) as u16,
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
             jt: 0,
             jf: 1,
             k: libc::SYS_splice as u32,

@@ -74,6 +74,10 @@ async fn reload(relay: &mut RelayProcess, text: &str, n: usize) {
     );
 }
 
+/// A tightened setting: what it is, the keys changed, `[global]` lines, and the `detail` of the
+/// refusal it brings.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+
 /// A PROXY v2 header from 192.0.2.`host`:`port` through `vpce`.
 fn header(host: u8, port: u16, vpce: &str) -> Vec<u8> {
     proxy_v2(
@@ -96,8 +100,7 @@ async fn sighup_swaps_rules_and_limits_on_a_live_listener_at_once() {
         .await
         .expect("relayed under the open rules");
 
-    // (what, changed keys, [global] lines, the refusal's detail).
-    let cases: &[(&str, &[(&str, &str)], &str, &str)] = &[
+    let cases: &[Case] = &[
         (
             "allow narrowed",
             &[("allow", "[\"198.51.100.0/24\"]")],
