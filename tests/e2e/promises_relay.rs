@@ -52,6 +52,7 @@ async fn pipes_at_rest(admin: SocketAddr) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(l4relay_no_splice, ignore = "the copy-only build never splices")]
 async fn auto_switches_bulk_to_splice_and_leaves_small_exchanges_copied() {
     let (server, _) = echo_server().await;
     let (_relay, [auto, copy, admin]) = start_relay(|[auto, copy, admin]| {
@@ -168,6 +169,7 @@ fn refuse_splice_in_this_thread() -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(l4relay_no_splice, ignore = "the copy-only build never splices")]
 async fn refused_splice_falls_back_to_copy_and_is_counted() {
     const CONNECTIONS: u64 = 5;
     let (server, _) = echo_server().await;
