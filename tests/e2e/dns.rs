@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::support::*;
 
 /// One listener on pool "p", whose server "svc" is `svc.test:port`, resolved through `dns`.
-fn dns_config(
+pub(crate) fn dns_config(
     admin: SocketAddr,
     listen: SocketAddr,
     dns: SocketAddr,
@@ -61,7 +61,7 @@ async fn wait_status(
 
 /// Upstreams named `names` on 127.0.0.2, .3, ... all on one port: the kernel's choice on
 /// 127.0.0.2, tried on the others (and chosen again if one of them has it taken).
-async fn upstreams(names: &[&'static str]) -> (u16, Vec<Upstream>) {
+pub(crate) async fn upstreams(names: &[&'static str]) -> (u16, Vec<Upstream>) {
     'port: for _ in 0..20 {
         let first = Upstream::start_at("127.0.0.2:0".parse().unwrap(), names[0])
             .await

@@ -34,6 +34,14 @@ mod dashboard;
 mod lifecycle;
 mod observability;
 
+// The README's promises that had no test of their own (issue 21, item 13).
+mod promises_dns;
+mod promises_drain;
+mod promises_observe;
+mod promises_relay;
+mod promises_reload;
+mod promises_tls;
+
 // Namespaces and upgrades (root), the bench tool.
 mod netns;
 mod upgrade;

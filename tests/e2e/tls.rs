@@ -22,32 +22,32 @@ use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// How long any single network step may take before the test fails.
-const IO_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const IO_LIMIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // Certificates.
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A throwaway certificate authority; it writes its certificates beside its own PEM file.
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
-    file: PathBuf,
+    pub(crate) file: PathBuf,
     dir: PathBuf,
 }
 
 /// A certificate signed by a `Ca`, as PEM files and as rustls values.
-struct Leaf {
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    der: CertificateDer<'static>,
+pub(crate) struct Leaf {
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+    pub(crate) der: CertificateDer<'static>,
     key_der: Vec<u8>,
 }
 
 impl Leaf {
-    fn key(&self) -> PrivateKeyDer<'static> {
+    pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }
 
@@ -60,7 +60,7 @@ impl Leaf {
 }
 
 impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
+    pub(crate) fn new(dir: &Path, name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -77,7 +77,7 @@ impl Ca {
     }
 
     /// A certificate for `names` (DNS names or IP addresses) in `{file}.pem` and `{file}.key`.
-    fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
+    pub(crate) fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         self.sign(file, CertificateParams::new(names).unwrap())
     }
@@ -114,7 +114,7 @@ impl Ca {
         }
     }
 
-    fn roots(&self) -> RootCertStore {
+    pub(crate) fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.issuer.der().clone()).unwrap();
         roots
@@ -125,7 +125,7 @@ impl Ca {
 // TLS peers.
 
 /// A client trusting `roots`, presenting `identity` when asked for a certificate.
-fn client_config(roots: RootCertStore, identity: Option<&Leaf>) -> Arc<ClientConfig> {
+pub(crate) fn client_config(roots: RootCertStore, identity: Option<&Leaf>) -> Arc<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -155,10 +155,10 @@ fn looking_client() -> Arc<ClientConfig> {
     )
 }
 
-type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+pub(crate) type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A TLS handshake as `name` over `tcp`.
-async fn handshake(
+pub(crate) async fn handshake(
     tcp: TcpStream,
     name: &str,
     config: Arc<ClientConfig>,
@@ -190,7 +190,7 @@ fn peer_certificate(tls: &ClientTls) -> CertificateDer<'static> {
 
 /// Writes `message` and reads it back from an echo server (also through a named server,
 /// whose first line is skipped by the caller).
-async fn assert_echo<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn assert_echo<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     message: &[u8],
     what: &str,
@@ -336,7 +336,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn server_config(leaf: &Leaf) -> Arc<ServerConfig> {
+pub(crate) fn server_config(leaf: &Leaf) -> Arc<ServerConfig> {
     server_config_with_alpn(leaf, &[])
 }
 
@@ -364,7 +364,7 @@ async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, what: &str) -> Seen {
 // The relay.
 
 /// `[listener.tls]` with `leaf` as the certificate, plus `extra` keys.
-fn listener_tls(leaf: &Leaf, extra: &str) -> String {
+pub(crate) fn listener_tls(leaf: &Leaf, extra: &str) -> String {
     format!(
         "  [listener.tls]\n  cert = \"{}\"\n  key = \"{}\"\n{extra}\n",
         leaf.cert_file.display(),
