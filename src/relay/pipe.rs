@@ -7,13 +7,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+#[cfg(all(target_os = "linux", not(l4relay_no_splice)))]
+use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Pipes kept per worker thread beyond those in use. Each costs two file descriptors and no
 /// buffer memory while empty.
 const MAX_POOLED: usize = 64;
 
 /// Linux's default pipe capacity; other sizes need an F_SETPIPE_SZ call.
+#[cfg(all(target_os = "linux", not(l4relay_no_splice)))]
 const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
 pub struct Pipe {

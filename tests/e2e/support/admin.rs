@@ -18,13 +18,23 @@ pub async fn admin_request(
     path: &str,
     token: Option<&str>,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(admin).await.expect("connect to admin");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{auth}Content-Length: 0\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    // A reset before any answer is retried once: the admin listener turns a connection over its
+    // cap away with a 503 and a close that can arrive as a reset, and on a loaded 2-core machine
+    // its (control) thread can lag behind the tests' requests. A second reset fails the test.
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    for attempt in 1..=2 {
+        let mut stream = TcpStream::connect(admin).await.expect("connect to admin");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        response.clear();
+        match stream.read_to_string(&mut response).await {
+            Ok(_) => break,
+            Err(e) if attempt == 1 && e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
     let status = response
         .split(' ')
         .nth(1)
