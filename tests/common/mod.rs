@@ -71,7 +71,7 @@ impl RelayProcess {
     pub fn start_with(config: &str, prefix: Option<&str>, envs: &[(&str, &str)]) -> RelayProcess {
         let dir = scratch_dir("relay");
         let config_path = dir.join("l4relay.toml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(&config_path, quick_log_flush(config)).unwrap();
         let stdout = std::fs::File::create(dir.join("stdout")).unwrap();
         let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
         let mut command = match prefix {
@@ -187,6 +187,22 @@ impl RelayProcess {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+}
+
+/// Workers write their access-log lines every `access_log_flush` (1 s by default); tests read
+/// each line as soon as it is written, so they get 20 ms unless the config sets its own.
+pub fn quick_log_flush(config: &str) -> String {
+    const QUICK: &str = "access_log_flush = \"20ms\"\n";
+    if config.contains("access_log_flush") {
+        return config.to_string();
+    }
+    match config.find("[global]\n") {
+        Some(at) => {
+            let after = at + "[global]\n".len();
+            format!("{}{QUICK}{}", &config[..after], &config[after..])
+        }
+        None => format!("[global]\n{QUICK}\n{config}"),
     }
 }
 
