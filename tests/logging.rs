@@ -568,3 +568,111 @@ async fn lines_held_at_exit_are_written() {
         "{log}"
     );
 }
+
+/// `access_log = "journald"`: one datagram per connection to journald's socket, in the native
+/// protocol, with the connection's fields as fields. Run in a mount namespace of its own whose
+/// /run/systemd/journal is the test's directory, where the test listens as journald would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journald_gets_the_connections_fields() {
+    let (server, _) = echo_server().await;
+    let listen = listen_addr();
+    let dir = scratch_dir("logging-journal");
+    let journal = std::os::unix::net::UnixDatagram::bind(dir.join("socket")).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let config_path = dir.join("l4relay.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[global]\nworkers = 2\naccess_log = \"journald\"\naccess_log_flush = \"20ms\"\n\n{}",
+            config(listen, &[server], "", "")
+        ),
+    )
+    .unwrap();
+    let stderr_path = dir.join("stderr");
+    let namespace_ok = Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !namespace_ok {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED journald_gets_the_connections_fields: `unshare -m` is not permitted \
+             (needs root or CAP_SYS_ADMIN, as in CI)"
+        );
+        return;
+    }
+    let child = Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal \
+             && mount --bind \"$1\" /run/systemd/journal && exec \"$2\" run --config \"$3\"",
+        )
+        .arg("sh")
+        .arg(&dir)
+        .arg(BIN)
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let relay = Relay {
+        child,
+        dir: dir.clone(),
+    };
+    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(20), || stderr().contains("relaying on")).await,
+        "{}",
+        stderr()
+    );
+
+    let client = TcpStream::connect(listen).await.unwrap();
+    let client_addr = client.local_addr().unwrap();
+    drop(client);
+    assert!(echo(listen, b"to the journal", Duration::from_secs(5)).await);
+    let mut entries = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 65536];
+    while entries.len() < 2 && Instant::now() < deadline {
+        if let Ok(n) = journal.recv(&mut buf) {
+            entries.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+        }
+    }
+    assert_eq!(entries.len(), 2, "{entries:?}\n{}", stderr());
+    let field = |entry: &str, name: &str| {
+        entry
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    let first = entries
+        .iter()
+        .find(|e| field(e, "L4RELAY_CLIENT") == Some(client_addr.to_string()))
+        .unwrap_or_else(|| panic!("no entry for {client_addr}: {entries:?}"));
+    assert_eq!(
+        field(first, "SYSLOG_IDENTIFIER").as_deref(),
+        Some("l4relay")
+    );
+    assert_eq!(field(first, "L4RELAY_LISTENER").as_deref(), Some("test"));
+    assert_eq!(field(first, "L4RELAY_POOL").as_deref(), Some("p"));
+    assert_eq!(
+        field(first, "L4RELAY_SERVER_ADDR"),
+        Some(server.to_string())
+    );
+    let message = field(first, "MESSAGE").unwrap();
+    assert!(
+        message.contains(&format!("client={client_addr}")),
+        "{message}"
+    );
+    let echoed = entries.iter().find(|e| !std::ptr::eq(*e, first)).unwrap();
+    assert_eq!(field(echoed, "L4RELAY_BYTES_C2S").as_deref(), Some("14"));
+    assert_eq!(
+        field(echoed, "L4RELAY_END").as_deref(),
+        Some("client_closed")
+    );
+    drop(relay);
+}
