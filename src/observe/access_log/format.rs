@@ -17,11 +17,11 @@ pub fn text(r: &Record, out: &mut Vec<u8>) {
     fn dash(o: Option<&str>) -> &str {
         o.unwrap_or("-")
     }
+    timestamp(r.start, out);
     // Writing to a Vec cannot fail.
     let _ = write!(
         out,
-        "{} listener={} client={} vpce={} sni={} pool={} server={} ",
-        Rfc3339(r.start),
+        " listener={} client={} vpce={} sni={} pool={} server={} ",
         r.listener,
         r.client,
         dash(r.vpce.as_deref()),
@@ -165,27 +165,54 @@ pub struct Rfc3339(pub SystemTime);
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Civil-from-days, Howard Hinnant's algorithm.
-        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs() as i64;
-        let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            since.subsec_millis()
-        )
+        let mut out = Vec::with_capacity(24);
+        timestamp(self.0, &mut out);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Appends `time` as 2026-11-24T01:55:12.123Z: digit by digit, as it starts every line.
+fn timestamp(time: SystemTime, out: &mut Vec<u8>) {
+    // Civil-from-days, Howard Hinnant's algorithm.
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        let _ = write!(out, "{year}-");
+    } else {
+        digits(out, year as u32, 4);
+        out.push(b'-');
+    }
+    digits(out, month as u32, 2);
+    out.push(b'-');
+    digits(out, day as u32, 2);
+    out.push(b'T');
+    digits(out, (rem / 3600) as u32, 2);
+    out.push(b':');
+    digits(out, (rem % 3600 / 60) as u32, 2);
+    out.push(b':');
+    digits(out, (rem % 60) as u32, 2);
+    out.push(b'.');
+    digits(out, since.subsec_millis(), 3);
+    out.push(b'Z');
+}
+
+/// `n` in exactly `width` decimal digits (n < 10^width).
+fn digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for at in (start..start + width).rev() {
+        out[at] = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 
