@@ -274,11 +274,16 @@ async fn floods_and_slowloris_are_closed_at_handshake_timeout_and_legit_clients_
         "relay fds {} after the attack, {fds_before} before",
         relay.open_fds()
     );
-    let timeouts = relay
-        .access_log()
-        .lines()
-        .filter(|l| l.contains("handshake_timeout"))
-        .count() as u64;
+    // Each worker writes its lines at its next flush (every 20 ms here), not at the close.
+    let timeouts = || {
+        relay
+            .access_log()
+            .lines()
+            .filter(|l| l.contains("handshake_timeout"))
+            .count() as u64
+    };
+    eventually(Duration::from_secs(10), || timeouts() >= opened).await;
+    let timeouts = timeouts();
     assert_eq!(
         timeouts, opened,
         "every attacker is logged as a handshake timeout"
