@@ -1,6 +1,9 @@
 //! The comparison of issue 8 in one run: a direct connection, l4relay (splice, copy, auto) and
 //! the anchors (HAProxy in tcp mode copying and with splice forced, nginx's stream module) on
-//! bulk throughput, short connections, keep-alive requests and idle connections.
+//! bulk throughput, short connections, keep-alive requests and idle connections. On short
+//! connections also l4relay auto with its access log on (text lines to a file, the default
+//! buffer and flush interval: issue 15); every other l4relay runs with the log off, and neither
+//! HAProxy nor nginx logs.
 //!
 //! The proxy under test is pinned to CPU 0, the load (the bench tool's client and its upstream
 //! server) to CPU 1; each proxy is started afresh for every run. Scenarios are interleaved (every
@@ -29,7 +32,11 @@ use support::*;
 enum Proxy {
     Direct,
     L4relay(&'static str),
-    Haproxy { splice: bool },
+    /// l4relay auto with the access log on, written to a file.
+    L4relayLogged,
+    Haproxy {
+        splice: bool,
+    },
     Nginx,
 }
 
@@ -38,6 +45,7 @@ impl Proxy {
         match self {
             Proxy::Direct => "direct".into(),
             Proxy::L4relay(mode) => format!("l4relay {mode}"),
+            Proxy::L4relayLogged => "l4relay auto +log".into(),
             Proxy::Haproxy { splice: false } => "haproxy copy".into(),
             Proxy::Haproxy { splice: true } => "haproxy splice".into(),
             Proxy::Nginx => "nginx copy".into(),
@@ -52,6 +60,14 @@ impl Proxy {
         let (p, port) = match self {
             Proxy::Direct => return (None, upstream),
             Proxy::L4relay(mode) => l4relay(upstream, dir, &format!("relay = \"{mode}\""), ""),
+            Proxy::L4relayLogged => {
+                let log = dir.join(format!("access-{upstream}.log"));
+                let global = format!(
+                    "relay = \"auto\"\nlog_format = \"text\"\naccess_log = \"{}\"",
+                    log.display()
+                );
+                l4relay(upstream, dir, &global, "")
+            }
             Proxy::Haproxy { splice } => haproxy(upstream, dir, splice),
             Proxy::Nginx => nginx(upstream, dir),
         };
@@ -395,6 +411,31 @@ fn checks(r: &Results) -> Vec<Check> {
                     }),
                     lower_is_better: false,
                 });
+                // Issue 15: the access log on, in the auto column.
+                let logged = vec![
+                    ("auto", r.get(s, Proxy::L4relayLogged, "cpu_us_per_conn")),
+                    ("splice", None),
+                ];
+                let off = r.get(s, Proxy::L4relay("auto"), "cpu_us_per_conn");
+                out.push(Check {
+                    what: "short connections, access log on: CPU µs/conn ≤ 1.05× log off".into(),
+                    ours: logged.clone(),
+                    bound: off.map(|o| 1.05 * o),
+                    basis: off.map_or("–".into(), |o| {
+                        format!("1.05 × {} (auto, log off)", fmt(o))
+                    }),
+                    lower_is_better: true,
+                });
+                let a = r.best_anchor(s, "cpu_us_per_conn", true);
+                out.push(Check {
+                    what: "short connections, access log on: CPU µs/conn ≤ 0.9× best anchor".into(),
+                    ours: logged,
+                    bound: a.as_ref().map(|a| 0.9 * a.0),
+                    basis: a.map_or("no anchor run".into(), |a| {
+                        format!("0.9 × {} ({})", fmt(a.0), a.1)
+                    }),
+                    lower_is_better: true,
+                });
             }
             Scenario::KeepAlive => {
                 let anchor = r
@@ -489,7 +530,7 @@ fn markdown(r: &Results, rounds: u64, s: &Settings, notes: &[String]) -> String 
             ));
         }
     }
-    md.push_str("\nTargets (issue 8), checked on the medians above:\n\n");
+    md.push_str("\nTargets (issues 8 and 15), checked on the medians above:\n\n");
     md.push_str("| target | l4relay auto | l4relay splice | bound |\n|---|---|---|---|\n");
     for c in checks(r) {
         let cell = |v: Option<f64>| match (v, c.met(v)) {
@@ -612,6 +653,7 @@ fn chart(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         RGBColor(255, 127, 14),
         RGBColor(214, 39, 40),
         RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
     ];
     let root = SVGBackend::new(path, (1200, 760)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -715,6 +757,7 @@ fn main() {
         Proxy::L4relay("splice"),
         Proxy::L4relay("copy"),
         Proxy::L4relay("auto"),
+        Proxy::L4relayLogged,
     ];
     if haproxy_installed() {
         proxies.push(Proxy::Haproxy { splice: false });
@@ -751,8 +794,11 @@ fn main() {
     for round in 1..=rounds {
         for (si, sc) in scenarios.iter().enumerate() {
             for (pi, p) in proxies.iter().enumerate() {
-                // Idle measures the proxy process; a direct connection has none.
-                if *sc == Scenario::Idle && *p == Proxy::Direct {
+                // Idle measures the proxy process; a direct connection has none. The access log
+                // costs per connection: measured where connections are the load.
+                if (*sc == Scenario::Idle && *p == Proxy::Direct)
+                    || (*p == Proxy::L4relayLogged && *sc != Scenario::Short)
+                {
                     continue;
                 }
                 eprint!(

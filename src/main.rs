@@ -75,13 +75,17 @@ fn main() -> ExitCode {
                 }
             };
             l4relay::observe::logging::init(&config.global.log_level);
-            match l4relay::daemon::run(config, l4relay::daemon::Options { takeover }) {
+            let code = match l4relay::daemon::run(config, l4relay::daemon::Options { takeover }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            // Diagnostics are written by a thread of their own: let it finish, unless stderr
+            // is stuck.
+            l4relay::observe::logging::flush(std::time::Duration::from_secs(1));
+            code
         }
     }
 }

@@ -371,6 +371,15 @@ async fn floods_and_slowloris_are_closed_at_handshake_timeout_and_legit_clients_
         0,
         "attackers saw their end later than handshake_timeout + {CLIENT_SLACK:?}"
     );
+    // Each worker writes its lines at its next flush (every 20 ms here), not at the close.
+    let logged = || {
+        relay
+            .access_log()
+            .lines()
+            .filter(|l| l.contains("handshake_timeout"))
+            .count() as u64
+    };
+    eventually(Duration::from_secs(10), || logged() >= opened).await;
     // Each attacker ended at handshake_timeout by the relay's own clock, and is logged so.
     let durations = logged_durations(&relay, "handshake_timeout");
     assert_eq!(

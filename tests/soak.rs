@@ -311,7 +311,7 @@ async fn soak_mixed_load_with_reloads_and_flaps() {
             while Instant::now() + Duration::from_secs(3) < until {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 n += 1;
-                std::fs::write(&path, &configs[n % 2]).unwrap();
+                std::fs::write(&path, support::quick_log_flush(&configs[n % 2])).unwrap();
                 let _ = std::process::Command::new("kill")
                     .args(["-s", "HUP", &pid.to_string()])
                     .status();

@@ -160,8 +160,8 @@ pub fn upstream(mode: &str) -> (Proc, u16) {
     (Proc(child), port)
 }
 
-/// l4relay on CPU 0, one worker, in front of `upstream`; `extra_global` goes into [global],
-/// `extra_admin` into [admin].
+/// l4relay on CPU 0, one worker, access log off (unless `extra_global` sets `log_format`), in
+/// front of `upstream`; `extra_global` goes into [global], `extra_admin` into [admin].
 pub fn l4relay(upstream: u16, dir: &Path, extra_global: &str, extra_admin: &str) -> (Proc, u16) {
     l4relay_with(upstream, dir, extra_global, extra_admin, "", "")
 }
@@ -303,10 +303,16 @@ pub fn l4relay_with(
 ) -> (Proc, u16) {
     let port = free_port();
     let config = dir.join(format!("l4relay-{port}.toml"));
+    // The access log is off unless `extra_global` sets its format.
+    let log = if extra_global.contains("log_format") {
+        ""
+    } else {
+        "log_format = \"off\"\n"
+    };
     std::fs::write(
         &config,
         format!(
-            "[global]\nworkers = 1\nlog_format = \"off\"\n{extra_global}\n[admin]\nlisten = \"off\"\n{extra_admin}\n\n\
+            "[global]\nworkers = 1\n{log}{extra_global}\n[admin]\nlisten = \"off\"\n{extra_admin}\n\n\
              [[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\nbacklog = 4096\n{listener_extra}\n\n\
              [[pool]]\nname = \"p\"\n{pool_extra}\n  [[pool.server]]\n  address = \"127.0.0.1:{upstream}\"\n"
         ),

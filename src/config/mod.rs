@@ -96,6 +96,26 @@ impl Config {
             old.log_skip_empty,
             new.log_skip_empty,
         );
+        // The access-log writer is set up per worker at start; a rotated file is reopened by
+        // SIGUSR1.
+        change(
+            &mut out,
+            "global.access_log",
+            &old.access_log,
+            &new.access_log,
+        );
+        change(
+            &mut out,
+            "global.access_log_buffer",
+            old.access_log_buffer,
+            new.access_log_buffer,
+        );
+        change(
+            &mut out,
+            "global.access_log_flush",
+            old.access_log_flush,
+            new.access_log_flush,
+        );
         // The recorder is process-wide and installed once.
         change(
             &mut out,

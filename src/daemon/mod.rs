@@ -8,7 +8,8 @@
 //! Lifecycle, as an NLB wants it (see `Phase`): SIGTERM makes the relay report not-ready while
 //! it keeps accepting for `drain.announce`, then it stops accepting and lets connections finish
 //! until `drain.deadline`, then closes the rest spread over `drain.close_spread`, then exits 0.
-//! A second SIGTERM, or SIGINT at any time, exits at once. SIGHUP reloads the config.
+//! A second SIGTERM, or SIGINT at any time, exits at once. SIGHUP reloads the config; SIGUSR1
+//! reopens the access-log file.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::inbound::Shared;
 use crate::lifecycle::Phase;
-use crate::observe::access_log::AccessLog;
+use crate::observe::access_log::{self, AccessLog};
 mod admin;
 mod heartbeat;
 mod notify;
@@ -98,7 +99,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
     let state = Arc::new(State {
         sessions: Arc::new(Shared::new(
             Limit::new(Some(config.global.max_connections)),
-            AccessLog::start(config.global.log_format, config.global.log_skip_empty),
+            AccessLog::start(&config.global.access_log_settings())?,
             config.drain.close_spread,
         )),
         listeners: ArcSwap::from_pointee(Vec::new()),
@@ -111,6 +112,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     for (index, worker) in workers.iter().enumerate() {
         state.heartbeats.start(index, &worker.handle);
+        state.sessions.access_log.start_flushing(&worker.handle);
     }
 
     let control = tokio::runtime::Builder::new_current_thread()
@@ -200,6 +202,8 @@ fn start_worker(index: usize, mut phase: watch::Receiver<Phase>) -> Result<Worke
             runtime.block_on(async move {
                 let _ = phase.wait_for(|p| *p == Phase::Exit).await;
             });
+            // The lines this worker still holds, before the process ends.
+            access_log::flush_thread(EXIT_FLUSH);
             // Dropping the runtime drops whatever sessions remain, closing their sockets.
         })
         .map_err(|e| format!("cannot start worker thread: {e}"))?;
@@ -209,10 +213,15 @@ fn start_worker(index: usize, mut phase: watch::Receiver<Phase>) -> Result<Worke
     Ok(Worker { handle, thread })
 }
 
+/// How long a worker waits at exit for a full access-log sink to take its last lines.
+const EXIT_FLUSH: Duration = Duration::from_secs(1);
+
 struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    /// SIGUSR1: reopen the access-log file (logrotate's postrotate).
+    user1: Signal,
 }
 
 impl Signals {
@@ -223,6 +232,7 @@ impl Signals {
             terminate: install(SignalKind::terminate())?,
             interrupt: install(SignalKind::interrupt())?,
             hangup: install(SignalKind::hangup())?,
+            user1: install(SignalKind::user_defined1())?,
         })
     }
 }
@@ -291,6 +301,7 @@ impl Daemon {
                     return;
                 }
                 _ = signals.hangup.recv() => self.reload(),
+                _ = signals.user1.recv() => self.reopen_access_log(),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => {
                     if self.workers_respond(stuck_after) {
                         self.notifier.watchdog();
@@ -368,6 +379,23 @@ impl Daemon {
             }
         }
         tracing::info!("drained: exiting");
+    }
+
+    /// SIGUSR1: the access-log file anew, after logrotate moved the old one away.
+    fn reopen_access_log(&self) {
+        let log = &self.state.sessions.access_log;
+        match log.reopen() {
+            Ok(Some(path)) => tracing::info!("SIGUSR1: reopened the access log {}", path.display()),
+            Ok(None) => match log.target() {
+                Some(target) => {
+                    tracing::info!("SIGUSR1: the access log goes to {target}: nothing to reopen")
+                }
+                None => tracing::info!("SIGUSR1: the access log is off: nothing to reopen"),
+            },
+            Err(e) => tracing::error!(
+                "SIGUSR1: cannot reopen the access log: {e}; writing on to the file open until now"
+            ),
+        }
     }
 
     fn exit_now(&self) {

@@ -31,6 +31,9 @@ pub const CONFIG_RELOADS: &str = "l4relay_config_reloads_total";
 pub const PIPES: &str = "l4relay_pipes";
 pub const SPLICE_FALLBACKS: &str = "l4relay_splice_fallbacks_total";
 pub const ACCESS_LOG_DROPPED: &str = "l4relay_access_log_dropped_total";
+pub const ACCESS_LOG_WRITE_ERRORS: &str = "l4relay_access_log_write_errors_total";
+pub const DIAGNOSTICS_DROPPED: &str = "l4relay_diagnostics_dropped_total";
+pub const DIAGNOSTICS_SUPPRESSED: &str = "l4relay_diagnostics_suppressed_total";
 pub const OPEN_FDS: &str = "l4relay_process_open_fds";
 pub const MAX_FDS: &str = "l4relay_process_max_fds";
 pub const RSS_BYTES: &str = "l4relay_process_resident_memory_bytes";
@@ -190,8 +193,29 @@ fn describe() {
     );
     describe_counter!(
         ACCESS_LOG_DROPPED,
-        "Access-log lines dropped because stdout could not keep up."
+        "Access-log lines dropped: the sink full for too long, or failing."
     );
+    describe_counter!(
+        ACCESS_LOG_WRITE_ERRORS,
+        "Access-log writes that failed (a reader gone, a full disk); their lines are dropped."
+    );
+    describe_counter!(
+        DIAGNOSTICS_DROPPED,
+        "Diagnostic lines (stderr) dropped because stderr was not taking them."
+    );
+    describe_counter!(
+        DIAGNOSTICS_SUPPRESSED,
+        "Repeats of a per-connection warning not shown (summarised every 10 s instead)."
+    );
+    // Registered at zero so that the first failure shows as an increase.
+    for name in [
+        ACCESS_LOG_DROPPED,
+        ACCESS_LOG_WRITE_ERRORS,
+        DIAGNOSTICS_DROPPED,
+        DIAGNOSTICS_SUPPRESSED,
+    ] {
+        counter!(name).absolute(0);
+    }
     describe_gauge!(OPEN_FDS, "Open file descriptors.");
     describe_gauge!(MAX_FDS, "The open-file limit.");
     describe_gauge!(RSS_BYTES, Unit::Bytes, "Resident memory.");

@@ -159,7 +159,7 @@ async fn reload_refuses_what_needs_a_restart() {
     for (global, listener, named) in refused {
         let text =
             base(second, global, listener).replace("workers = 2\nworkers = 3", "workers = 3");
-        std::fs::write(&relay.config_path, text).unwrap();
+        relay.write_config(text).unwrap();
         assert!(!reload(&mut relay).await, "{named}: reload done");
         let log = relay.stderr();
         assert!(
@@ -169,14 +169,12 @@ async fn reload_refuses_what_needs_a_restart() {
         );
         assert_eq!(which_server(listen).await.1, "first", "{named}: applied");
     }
-    std::fs::write(
-        &relay.config_path,
-        base(second, "", "").replace(
+    relay
+        .write_config(base(second, "", "").replace(
             &format!("listen = \"{admin}\"\n"),
             &format!("listen = \"{admin}\"\nmetrics = false\n"),
-        ),
-    )
-    .unwrap();
+        ))
+        .unwrap();
     assert!(!reload(&mut relay).await);
     assert!(relay.stderr().contains("admin.metrics: true -> false"));
     let errors = metric(
@@ -188,7 +186,7 @@ async fn reload_refuses_what_needs_a_restart() {
     assert_eq!(errors, 7.0);
 
     // Without them, the same change applies.
-    std::fs::write(&relay.config_path, base(second, "", "")).unwrap();
+    relay.write_config(base(second, "", "")).unwrap();
     assert!(reload(&mut relay).await, "{}", relay.stderr());
     assert_eq!(which_server(listen).await.1, "second");
 }
@@ -206,16 +204,14 @@ async fn reload_moves_the_admin_listeners() {
     ));
     assert_eq!(get_status(admin).await["phase"], "running");
 
-    std::fs::write(
-        &relay.config_path,
-        with_admin(
+    relay
+        .write_config(with_admin(
             listen,
             server,
             "",
             &format!("listen = \"{moved}\"\nhealth_listen = \"{health}\""),
-        ),
-    )
-    .unwrap();
+        ))
+        .unwrap();
     assert!(reload(&mut relay).await, "{}", relay.stderr());
     assert_eq!(get_status(moved).await["phase"], "running");
     assert_eq!(admin_request(health, "GET", "/readyz", None).await.0, 200);
@@ -226,16 +222,14 @@ async fn reload_moves_the_admin_listeners() {
     // An address that cannot be bound refuses the reload; the listeners stay as they were.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap();
-    std::fs::write(
-        &relay.config_path,
-        with_admin(
+    relay
+        .write_config(with_admin(
             listen,
             server,
             "",
             &format!("listen = \"{moved}\"\nhealth_listen = \"{taken_addr}\""),
-        ),
-    )
-    .unwrap();
+        ))
+        .unwrap();
     assert!(!reload(&mut relay).await);
     assert!(relay
         .stderr()

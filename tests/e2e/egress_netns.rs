@@ -156,7 +156,10 @@ impl Drop for NsProcess {
 fn namespace_or_skip(role: &str) -> Option<Namespace> {
     let ns = Namespace::create(role);
     let why = ns.as_ref().err().cloned();
-    crate::support::require("network namespaces (root, iproute2)", why.map_or(Ok(()), Err));
+    crate::support::require(
+        "network namespaces (root, iproute2)",
+        why.map_or(Ok(()), Err),
+    );
     ns.ok()
 }
 

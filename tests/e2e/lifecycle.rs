@@ -268,7 +268,7 @@ async fn reload_under_a_steady_stream_of_connections() {
     );
 
     // Reload 1: the pool moves to server b, and a listener is added.
-    std::fs::write(&relay.config_path, base(addrs, b, true)).unwrap();
+    relay.write_config(base(addrs, b, true)).unwrap();
     relay.signal("HUP");
     relay.wait_for_stderr("reload: done", Duration::from_secs(5));
     assert!(
@@ -283,7 +283,7 @@ async fn reload_under_a_steady_stream_of_connections() {
     );
 
     // Reload 2: invalid; nothing changes.
-    std::fs::write(&relay.config_path, "[[listener]]\nname = 1\n").unwrap();
+    relay.write_config("[[listener]]\nname = 1\n").unwrap();
     relay.signal("HUP");
     relay.wait_for_stderr("still running the previous config", Duration::from_secs(5));
     let before = done.load(Ordering::Relaxed);
@@ -299,7 +299,7 @@ async fn reload_under_a_steady_stream_of_connections() {
     );
 
     // Reload 3: the added listener is removed again.
-    std::fs::write(&relay.config_path, base(addrs, b, false)).unwrap();
+    relay.write_config(base(addrs, b, false)).unwrap();
     relay.signal("HUP");
     assert!(
         eventually(Duration::from_secs(5), || relay

@@ -32,6 +32,7 @@ mod admin_safety;
 mod check;
 mod dashboard;
 mod lifecycle;
+mod logging;
 mod observability;
 
 // The README's promises that had no test of their own (issue 21, item 13).

@@ -298,11 +298,9 @@ async fn the_vpce_label_is_bounded_by_the_allowlist() {
     }
 
     // Listed by a reload: its own series from then on.
-    std::fs::write(
-        &relay.config_path,
-        build(addrs, &format!("\"{listed}\", \"{}\"", unlisted[0])),
-    )
-    .unwrap();
+    relay
+        .write_config(build(addrs, &format!("\"{listed}\", \"{}\"", unlisted[0])))
+        .unwrap();
     relay.signal("HUP");
     relay.wait_for_stderr("reload: done", STEP_LIMIT);
     let relayed = try_relayed(listen, None, &header(30, unlisted[0]))

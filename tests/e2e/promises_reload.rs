@@ -59,7 +59,7 @@ fn rules_config(
 /// Writes `text` as the config, sends SIGHUP and waits until the relay says the reload number
 /// `n` is done (it logs that once the new settings are in place).
 async fn reload(relay: &mut RelayProcess, text: &str, n: usize) {
-    std::fs::write(&relay.config_path, text).unwrap();
+    relay.write_config(text).unwrap();
     relay.signal("HUP");
     let done = eventually(RELOAD_LIMIT, || {
         let stderr = relay.stderr();

@@ -121,6 +121,22 @@ pub fn listen_addr() -> SocketAddr {
 
 // ---- the relay process ----
 
+/// Workers write their access-log lines every `access_log_flush` (1 s by default); tests read
+/// each line as soon as it is written, so they get 20 ms unless the config sets its own.
+pub fn quick_log_flush(config: &str) -> String {
+    const QUICK: &str = "access_log_flush = \"20ms\"\n";
+    if config.contains("access_log_flush") {
+        return config.to_string();
+    }
+    match config.find("[global]\n") {
+        Some(at) => {
+            let after = at + "[global]\n".len();
+            format!("{}{QUICK}{}", &config[..after], &config[after..])
+        }
+        None => format!("[global]\n{QUICK}\n{config}"),
+    }
+}
+
 /// How to run the relay beyond its config.
 #[derive(Default, Clone, Copy)]
 pub struct Launch<'a> {
@@ -193,7 +209,7 @@ impl RelayProcess {
     fn try_start(config: &str, launch: Launch) -> Result<RelayProcess, String> {
         let dir = scratch_dir("relay");
         let config_path = dir.join("l4relay.toml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(&config_path, quick_log_flush(config)).unwrap();
         let stdout = std::fs::File::create(dir.join("stdout")).unwrap();
         let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
         let mut command = match launch.shell_prefix {
@@ -238,6 +254,12 @@ impl RelayProcess {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(relay)
+    }
+
+    /// Writes a new config for a reload, with the quick access-log flush the first one got (a
+    /// reload that changed it would be refused: it takes a restart).
+    pub fn write_config(&self, config: impl AsRef<str>) -> std::io::Result<()> {
+        std::fs::write(&self.config_path, quick_log_flush(config.as_ref()))
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,113 @@
+//! What the access log costs per short connection (issue 15): l4relay auto with the log off and
+//! on, in alternating pairs of runs, each pair's ratio on/off, and the median of the ratios.
+//!
+//! On a shared machine the load of other tenants drifts by more than the log costs; interleaved
+//! rounds (as `compare` runs them) then leave a spread wider than the difference. Alternating
+//! the two in pairs and taking the median of the per-pair ratios cancels that drift. The relay
+//! is pinned to CPU 0, the load (`l4relay-bench rate`, 32 workers, 100 B each way, and its
+//! upstream) to CPU 1, as in `compare`. The log goes to a file (`access_log`), text lines, the
+//! default buffer and flush interval.
+//!
+//!     cargo bench --bench access_log
+//!     PAIRS=16 SECONDS=3 cargo bench --bench access_log
+//!
+//! Results go to `target/bench/access_log.{md,json}`.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+fn cpu_per_connection(log: Option<&std::path::Path>, seconds: u64) -> Option<f64> {
+    let dir = work_dir();
+    let (_server, upstream_port) = upstream("echo");
+    let global = match log {
+        None => "relay = \"auto\"".to_string(),
+        Some(path) => format!(
+            "relay = \"auto\"\nlog_format = \"text\"\naccess_log = \"{}\"",
+            path.display()
+        ),
+    };
+    let (relay, port) = l4relay(upstream_port, &dir, &global, "");
+    let duration = format!("{seconds}s");
+    let args = [
+        "--concurrency",
+        "32",
+        "--request",
+        "100",
+        "--reply",
+        "100",
+        "--duration",
+        &duration,
+        "--warmup",
+        "500ms",
+    ];
+    let j = bench_tool("rate", port, Some(relay.pid()), &args)?;
+    j["proxy"]["cpu_us_per_conn"].as_f64()
+}
+
+fn main() {
+    if !benchmarking() {
+        return;
+    }
+    let pairs = env_or("PAIRS", 8);
+    let seconds = env_or("SECONDS", 2);
+    let dir = work_dir();
+    let log = dir.join("access.log");
+    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..pairs {
+        // Alternate which goes first, so that a drift within a pair favours neither.
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut got = [None, None];
+        for logged in order {
+            let _ = std::fs::remove_file(&log);
+            got[usize::from(logged)] = cpu_per_connection(logged.then_some(log.as_path()), seconds);
+        }
+        let (Some(a), Some(b)) = (got[0], got[1]) else {
+            eprintln!("pair {}: a run gave no result", pair + 1);
+            continue;
+        };
+        eprintln!(
+            "pair {}: log off {a:.1}, on {b:.1} µs/conn, ratio {:.3}",
+            pair + 1,
+            b / a
+        );
+        off.push(a);
+        on.push(b);
+        ratios.push(b / a);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if ratios.is_empty() {
+        eprintln!("no pair completed");
+        return;
+    }
+    let (lo, hi) = spread(&ratios);
+    let md = format!(
+        "l4relay auto, short connections (32 workers, 100 B each way), proxy pinned to CPU 0, \
+         load to CPU 1: {} pairs of {seconds} s runs, log off and on alternating.\n\n\
+         | access log | proxy CPU µs/conn (median) |\n|---|---|\n| off | {:.1} |\n| on (text, file) | {:.1} |\n\n\
+         Ratio on/off: median **{:.3}** (min {lo:.3}, max {hi:.3}); target ≤ 1.05.\n",
+        ratios.len(),
+        median(&off),
+        median(&on),
+        median(&ratios),
+    );
+    println!("{md}");
+    let out = out_dir();
+    std::fs::write(out.join("access_log.md"), &md).unwrap();
+    let json = json!({
+        "pairs": ratios.len(), "seconds": seconds,
+        "cpu_us_per_conn_off": off, "cpu_us_per_conn_on": on, "ratios": ratios,
+        "median_ratio": median(&ratios),
+    });
+    std::fs::write(
+        out.join("access_log.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+    eprintln!("wrote {}", out.join("access_log.{md,json}").display());
+}
