@@ -27,13 +27,16 @@ use crate::inbound::Shared;
 use crate::lifecycle::Phase;
 use crate::observe::access_log::AccessLog;
 mod admin;
+mod connections;
 mod heartbeat;
 mod notify;
+mod status_page;
 use crate::config::{Config, Drain};
 use crate::inbound::limits::Limit;
 use crate::inbound::listener::ListenerConfig;
 use crate::inbound::listener::{self, ListenerSettings, ListenerSlot};
 use crate::inbound::metrics::ListenerMetrics;
+use crate::inbound::registry::Registry;
 use crate::observe::telemetry;
 use crate::relay;
 use crate::relay::sockopt;
@@ -93,6 +96,8 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         sessions: Arc::new(Shared::new(
             Limit::new(Some(config.global.max_connections)),
             AccessLog::start(config.global.log_format, config.global.log_skip_empty),
+            // The connection table is read by the admin listener only.
+            Registry::new(config.admin.listen.is_some()),
             config.drain.close_spread,
         )),
         listeners: ArcSwap::from_pointee(Vec::new()),
@@ -247,6 +252,17 @@ impl Daemon {
                 loop {
                     every.tick().await;
                     handle.run_upkeep();
+                }
+            });
+        }
+        let registry = Arc::clone(&self.state.sessions.registry);
+        if registry.enabled() {
+            // Keeps the workers' registration queues short while nobody reads the table.
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    registry.tidy();
                 }
             });
         }

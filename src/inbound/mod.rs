@@ -7,6 +7,8 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod preamble;
+pub mod progress;
+pub mod registry;
 pub mod route;
 pub mod session;
 
@@ -19,12 +21,15 @@ use tokio::sync::watch;
 use crate::lifecycle::Phase;
 use crate::observe::access_log::AccessLog;
 use limits::Limit;
+use registry::Registry;
 
 /// What every listener and session of the process shares.
 pub struct Shared {
     /// The process-wide connection limit (`global.max_connections`).
     pub limit: Arc<Limit>,
     pub access_log: AccessLog,
+    /// The live connections, for the admin API (off without an admin listener).
+    pub registry: Arc<Registry>,
     /// Moved forward by the daemon; sessions close at `Phase::Closing`.
     pub phase: watch::Sender<Phase>,
     /// `drain.close_spread` of the running config, in milliseconds: sessions still open at the
@@ -33,10 +38,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(limit: Arc<Limit>, access_log: AccessLog, close_spread: Duration) -> Shared {
+    pub fn new(
+        limit: Arc<Limit>,
+        access_log: AccessLog,
+        registry: Arc<Registry>,
+        close_spread: Duration,
+    ) -> Shared {
         let shared = Shared {
             limit,
             access_log,
+            registry,
             phase: watch::Sender::new(Phase::Running),
             close_spread_ms: AtomicU64::new(0),
         };

@@ -23,6 +23,8 @@ use crate::inbound::limits::{ClientLimits, ClientPermits, Permit};
 use crate::inbound::listener::ListenerSettings;
 use crate::inbound::preamble::ProxyProtocol;
 use crate::inbound::preamble::{self, ClientIdentity, HandshakeError, Hello};
+use crate::inbound::progress::{Progress, Watched};
+use crate::inbound::registry::{Entry, Phase as Step, Registration};
 use crate::inbound::route::RouteFallback;
 use crate::inbound::Shared;
 use crate::lifecycle::quiet::Quiet;
@@ -32,7 +34,6 @@ use crate::observe::telemetry;
 use crate::protocol::proxy_protocol::SendProxy;
 use crate::protocol::proxy_protocol::{self, Accept};
 use crate::relay::sockopt;
-use crate::relay::sockopt::Keepalive;
 use crate::relay::stream::{Pooled, StreamRelay, Transport};
 use crate::relay::{Ended, Relay, Running, Side};
 use crate::tls::PoolTls;
@@ -50,6 +51,14 @@ pub enum End {
     ClientError,
     ServerError,
     IdleTimeout,
+    /// No payload from this side for its `idle_timeout_client` / `idle_timeout_server`.
+    IdleSide(Side),
+    /// No payload byte from the server within `first_byte_timeout` of connecting.
+    FirstByteTimeout,
+    /// Open for `max_lifetime`.
+    MaxLifetime,
+    /// Closed through the admin API (`POST /connections/{id}/close`).
+    AdminClosed,
     /// Still open at the end of a drain.
     DrainDeadline,
     /// Refused by an access rule; which one.
@@ -81,7 +90,10 @@ impl End {
             End::ServerReset => "server_reset",
             End::ClientError => "client_error",
             End::ServerError => "server_error",
-            End::IdleTimeout => "idle_timeout",
+            End::IdleTimeout | End::IdleSide(_) => "idle_timeout",
+            End::FirstByteTimeout => "first_byte_timeout",
+            End::MaxLifetime => "max_lifetime",
+            End::AdminClosed => "admin_closed",
             End::DrainDeadline => "drain_deadline",
             End::RefusedRule(_) => "refused_rule",
             End::RefusedLimit(_) => "refused_limit",
@@ -94,7 +106,7 @@ impl End {
         }
     }
 
-    /// The finer reason, for refusals and header errors.
+    /// The finer reason, for refusals, header errors and idle timeouts of one side.
     pub fn detail(self) -> Option<&'static str> {
         match self {
             End::RefusedRule(why)
@@ -102,6 +114,8 @@ impl End {
             | End::ProxyHeaderError(why)
             | End::TlsHandshakeError(why)
             | End::UpstreamTls(why) => Some(why),
+            End::IdleSide(Side::Client) => Some("client_silent"),
+            End::IdleSide(Side::Server) => Some("server_silent"),
             _ => None,
         }
     }
@@ -145,6 +159,12 @@ pub struct Session {
     record: Record,
     /// Bytes already added to the listener's byte counters (client → server, server → client).
     published: (u64, u64),
+    /// When it was accepted.
+    started: Instant,
+    /// Its entry in the live-connection table (None when the table is off).
+    registration: Option<Registration>,
+    /// The longest time no byte moved either way while it relayed (None: it never relayed).
+    longest_silence: Option<Duration>,
 }
 
 impl Session {
@@ -161,6 +181,7 @@ impl Session {
         let started = Instant::now();
         listener.metrics.active.increment(1.0);
         let record = new_record(&listener, peer);
+        let registration = shared.registry.register(&listener.name, started);
         let mut session = Session {
             peer,
             listener,
@@ -168,6 +189,9 @@ impl Session {
             shared,
             record,
             published: (0, 0),
+            started,
+            registration,
+            longest_silence: None,
         };
         let end = session.serve(client).await;
         let Session {
@@ -175,11 +199,22 @@ impl Session {
             shared,
             record,
             published,
+            registration,
+            longest_silence,
             ..
         } = session;
         listener.metrics.active.decrement(1.0);
+        if let Some(silence) = longest_silence {
+            listener.metrics.silent_gap.record(silence.as_secs_f64());
+        }
         finish(&listener, &shared, record, started, end, published);
+        drop(registration);
         drop(permits);
+    }
+
+    /// The connection's entry in the live-connection table, when the table is on.
+    fn entry(&self) -> Option<&Entry> {
+        self.registration.as_ref().map(|r| &**r.entry())
     }
 
     async fn serve(&mut self, client: TcpStream) -> End {
@@ -209,6 +244,9 @@ impl Session {
         let client_ip = identity.addr.ip().to_canonical();
         self.record.client = identity.addr;
         self.record.vpce = identity.vpce.clone();
+        if let Some(entry) = self.entry() {
+            entry.set_identity(identity.addr, identity.vpce.as_ref());
+        }
         if let Some(vpce) = &identity.vpce {
             self.listener.metrics.count_vpce(vpce);
         }
@@ -254,6 +292,10 @@ impl Session {
             Err(end) => return Err(refuse_now(client.socket(), end)),
         };
         self.record.pool = Some(Arc::clone(&pool.name));
+        if let Some(entry) = self.entry() {
+            entry.set_route(self.record.sni.as_deref(), &pool.name);
+            entry.set_phase(Step::Connecting);
+        }
 
         // Connect, retrying on other servers. The PROXY header for the server goes first, in
         // the clear; where the pool originates TLS, the handshake follows it within the same
@@ -290,11 +332,11 @@ impl Session {
     fn relay(&mut self, established: Established) -> impl Future<Output = End> + '_ {
         async move {
             let server = Arc::clone(established.lease.server());
-            let keepalive = &established.pool.keepalive;
+            let pool = &*established.pool;
             let end = match (established.client, established.server) {
                 (ClientStream::Plain(client), ServerStream::Plain(server_stream)) => {
                     let mut relay = Relay::new(client, server_stream, self.listener.relay);
-                    let end = self.relay_until_end(&mut relay, &server, keepalive).await;
+                    let end = self.relay_until_end(&mut relay, &server, pool).await;
                     self.record_bytes(relay.bytes());
                     if relay.splice_fallbacks() > 0 {
                         self.listener
@@ -305,15 +347,15 @@ impl Session {
                     end
                 }
                 (ClientStream::Plain(client), ServerStream::Tls(server_stream)) => {
-                    self.relay_buffered(client, server_stream, &server, keepalive)
+                    self.relay_buffered(client, server_stream, &server, pool)
                         .await
                 }
                 (ClientStream::Tls(client), ServerStream::Plain(server_stream)) => {
-                    self.relay_buffered(client, server_stream, &server, keepalive)
+                    self.relay_buffered(client, server_stream, &server, pool)
                         .await
                 }
                 (ClientStream::Tls(client), ServerStream::Tls(server_stream)) => {
-                    self.relay_buffered(client, server_stream, &server, keepalive)
+                    self.relay_buffered(client, server_stream, &server, pool)
                         .await
                 }
             };
@@ -483,7 +525,7 @@ impl Session {
         client: C,
         server_stream: S,
         server: &Server,
-        keepalive: &Keepalive,
+        pool: &Pool,
     ) -> End
     where
         Pooled<C>: Transport,
@@ -494,7 +536,7 @@ impl Session {
             Pooled::new(client, buffer_size),
             Pooled::new(server_stream, buffer_size),
         );
-        let end = self.relay_until_end(&mut relay, server, keepalive).await;
+        let end = self.relay_until_end(&mut relay, server, pool).await;
         self.record_bytes(relay.bytes());
         end
     }
@@ -519,6 +561,9 @@ impl Session {
         self.record.server = Some(Arc::clone(&server.name));
         self.record.server_addr = Some(server.addr);
         self.record.connect_time = Some(connect_time);
+        if let Some(entry) = self.entry() {
+            entry.set_upstream(&server.name, server.addr);
+        }
     }
 
     /// Reads the PROXY header when the listener expects one, within the handshake deadline.
@@ -673,20 +718,32 @@ impl Session {
         &mut self,
         relay: &mut impl Running,
         server: &Server,
-        keepalive: &Keepalive,
+        pool: &Pool,
     ) -> End {
         let (listener, shared) = (Arc::clone(&self.listener), Arc::clone(&self.shared));
+        let config = &listener.config;
         let already_sent = self.record.bytes_client_to_server;
-        let idle_timeout = listener.config.idle_timeout;
-        let tick = (idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        let tick = config
+            .streams
+            .tick(config.idle_timeout, config.log_progress);
         // The server socket's keepalive options (five system calls) wait for the first tick,
         // at most a second in: most short connections are over by then, and a long one has
-        // them well before a probe or TCP_USER_TIMEOUT could be due.
-        let mut keepalive = keepalive.idle.is_some().then_some(keepalive);
+        // them well before a probe or TCP_USER_TIMEOUT could be due. So does reading the
+        // socket's own address for the connection table.
+        let mut keepalive = pool.keepalive.idle.is_some().then_some(&pool.keepalive);
+        let entry = self.registration.as_ref().map(|r| Arc::clone(r.entry()));
+        let mut source_unknown = entry.is_some();
         let start = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval_at(start + tick.min(KEEPALIVE_AFTER), tick);
-        let mut active_at = start;
         let mut last_bytes = (0, 0);
+        let mut next_progress_line = config.log_progress.map(|every| self.started + every);
+        if let Some(entry) = &entry {
+            entry.set_relaying(start.into_std());
+            entry.set_mode(relay.mode());
+        }
+        if config.log_open {
+            self.log_event("open", (already_sent, 0));
+        }
         let mut phase = shared.phase.subscribe();
         let drain = Arc::clone(&shared);
         let mut drain_deadline = Quiet::new(async move {
@@ -699,32 +756,83 @@ impl Session {
             }
         });
         let mut server_down = server.close_signal();
-        loop {
+        let mut admin_close = std::pin::pin!(async {
+            match &entry {
+                Some(entry) => entry.close_requested().await,
+                None => std::future::pending().await,
+            }
+        });
+        let mut watched = Watched::new(
+            relay,
+            start.into_std(),
+            already_sent,
+            entry.as_deref(),
+            &pool.metrics.first_byte,
+        );
+        let end = loop {
             tokio::select! {
                 biased;
-                ended = &mut *relay => return end_of(ended),
+                ended = &mut watched => break end_of(ended),
                 now = ticker.tick() => {
+                    let now = now.into_std();
+                    let relay = &*watched.relay;
                     if let Some(keepalive) = keepalive.take() {
                         let socket = SockRef::from(relay.server_socket());
                         if let Err(e) = sockopt::set_keepalive(&socket, keepalive) {
                             tracing::debug!(server = %server.addr, "keepalive options: {e}");
                         }
                     }
-                    let bytes = relay.bytes();
-                    if bytes == last_bytes {
-                        if now.duration_since(active_at) >= idle_timeout {
-                            return End::IdleTimeout;
+                    if let Some(entry) = entry.as_ref().filter(|_| std::mem::take(&mut source_unknown)) {
+                        if let Ok(source) = relay.server_socket().local_addr() {
+                            entry.set_source(source);
                         }
-                    } else {
-                        active_at = now;
+                    }
+                    let done = relay.done();
+                    if let Some(entry) = &entry {
+                        entry.set_phase(Progress::phase(done));
+                        entry.set_mode(relay.mode());
+                    }
+                    let bytes = watched.progress.bytes;
+                    if bytes != last_bytes {
                         last_bytes = bytes;
                         self.publish_bytes(already_sent + bytes.0, bytes.1);
                     }
+                    if let Some(end) = config.streams.check(
+                        now,
+                        self.started,
+                        config.idle_timeout,
+                        &watched.progress,
+                        done,
+                    ) {
+                        break end;
+                    }
+                    if let Some(due) = next_progress_line.filter(|due| now >= *due) {
+                        let every = config.log_progress.unwrap_or(tick);
+                        // Skipping lines missed (a worker held up), not writing them in a burst.
+                        let late = now.saturating_duration_since(due).as_nanos() / every.as_nanos().max(1);
+                        next_progress_line = Some(due + every * (late as u32 + 1));
+                        self.log_event("progress", (already_sent + bytes.0, bytes.1));
+                    }
                 }
-                _ = &mut drain_deadline => return End::DrainDeadline,
-                _ = &mut server_down => return End::ServerDown,
+                _ = &mut drain_deadline => break End::DrainDeadline,
+                _ = &mut server_down => break End::ServerDown,
+                _ = &mut admin_close => break End::AdminClosed,
             }
-        }
+        };
+        self.longest_silence = Some(watched.progress.longest_silence(Instant::now()));
+        end
+    }
+
+    /// An access-log line for a connection still open (`end=open`, `end=progress`): what is
+    /// known of it, the bytes so far, its age as `duration_ms`.
+    fn log_event(&self, event: &'static str, (to_server, to_client): (u64, u64)) {
+        let mut record = self.record.clone();
+        record.duration = self.started.elapsed();
+        record.bytes_client_to_server = to_server;
+        record.bytes_server_to_client = to_client;
+        record.end = event;
+        record.detail = None;
+        self.shared.access_log.log(record);
     }
 
     /// Records what a finished relay moved, after the bytes sent before it (the ClientHello).
