@@ -1,6 +1,8 @@
-//! The admin HTTP listener: /metrics, /healthz, /readyz, /status, and the POST endpoints that
-//! set a server draining or ready (`/pools/{pool}/servers/{server}/drain|ready`), which need
-//! `Authorization: Bearer <token>` when `[admin] token` is set.
+//! The admin HTTP listener: /metrics, /healthz, /readyz, /status, the status page (`/`,
+//! `status_page`), the live connections (`/connections`, `connections`), and the POST endpoints
+//! that set a server draining or ready (`/pools/{pool}/servers/{server}/drain|ready`) or close a
+//! connection (`/connections/{id}/close`), which need `Authorization: Bearer <token>` when
+//! `[admin] token` is set.
 //!
 //! A deliberately small HTTP/1.1 server: one request per connection, a bounded request head, a
 //! timeout, `Connection: close`. Each request may be preceded by a PROXY protocol header (v1 or
@@ -19,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 
+use super::{connections, status_page};
 use crate::daemon::State;
 use crate::lifecycle::Phase;
 use crate::observe::telemetry;
@@ -63,14 +66,14 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, scope: Scope) {
     }
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
+pub(super) struct Response {
+    pub(super) status: u16,
+    pub(super) content_type: &'static str,
+    pub(super) body: String,
 }
 
 impl Response {
-    fn text(status: u16, body: impl Into<String>) -> Response {
+    pub(super) fn text(status: u16, body: impl Into<String>) -> Response {
         Response {
             status,
             content_type: "text/plain; charset=utf-8",
@@ -104,6 +107,8 @@ async fn handle(mut stream: TcpStream, admin: &Admin, scope: Scope) {
 struct Request {
     method: String,
     path: String,
+    /// What follows the `?`, if anything.
+    query: String,
     /// The `Authorization` header's value.
     authorization: Option<String>,
 }
@@ -144,10 +149,11 @@ fn request_head(buf: &[u8]) -> Head {
     });
     match (parts.next(), parts.next(), parts.next()) {
         (Some(method), Some(target), Some(version)) if version.starts_with("HTTP/1.") => {
-            let path = target.split('?').next().unwrap_or(target);
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
             Head::Complete(Request {
                 method: method.to_string(),
                 path: path.to_string(),
+                query: query.to_string(),
                 authorization,
             })
         }
@@ -179,10 +185,25 @@ async fn route(request: &Request, admin: &Admin, scope: Scope) -> Response {
             content_type: "application/json",
             body: status(&admin.state).to_string() + "\n",
         },
+        ("GET" | "HEAD", path) if full && status_page::serves(path) => status_page::asset(path),
+        ("GET" | "HEAD", "/connections") if full => {
+            connections::list(&admin.state.sessions.registry, &request.query)
+        }
         (_, "/healthz" | "/readyz") => Response::text(405, "method not allowed\n"),
-        (_, "/metrics" | "/status") if full => Response::text(405, "method not allowed\n"),
+        (_, "/metrics" | "/status" | "/connections") if full => {
+            Response::text(405, "method not allowed\n")
+        }
         (method, path) if full && path.starts_with("/pools/") => {
             server_control(method, path, request.authorization.as_deref(), admin)
+        }
+        (method, path) if full && path.starts_with("/connections/") => {
+            if method != "POST" {
+                return Response::text(405, "method not allowed: use POST\n");
+            }
+            if let Err(refused) = authorize(admin, request.authorization.as_deref()) {
+                return refused;
+            }
+            connections::close(&admin.state.sessions.registry, path)
         }
         _ => Response::text(404, "not found\n"),
     }
@@ -204,11 +225,8 @@ fn server_control(
     if method != "POST" {
         return Response::text(405, "method not allowed: use POST\n");
     }
-    if let Some(token) = &admin.token {
-        let sent = authorization.and_then(|a| a.strip_prefix("Bearer "));
-        if !sent.is_some_and(|sent| same_secret(sent.trim().as_bytes(), token.as_bytes())) {
-            return Response::text(401, "unauthorized: send Authorization: Bearer <token>\n");
-        }
+    if let Err(refused) = authorize(admin, authorization) {
+        return refused;
     }
     let (Some(pool_name), Some(server_name)) = (percent_decode(pool), percent_decode(server))
     else {
@@ -247,12 +265,26 @@ fn server_control(
     }
 }
 
+/// What every POST needs: `Authorization: Bearer <token>` when `[admin] token` is set.
+fn authorize(admin: &Admin, authorization: Option<&str>) -> Result<(), Response> {
+    if let Some(token) = &admin.token {
+        let sent = authorization.and_then(|a| a.strip_prefix("Bearer "));
+        if !sent.is_some_and(|sent| same_secret(sent.trim().as_bytes(), token.as_bytes())) {
+            return Err(Response::text(
+                401,
+                "unauthorized: send Authorization: Bearer <token>\n",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Compares without stopping at the first difference, so timing does not reveal a prefix.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn percent_decode(text: &str) -> Option<String> {
+pub(super) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
