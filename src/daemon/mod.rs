@@ -97,7 +97,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
             Limit::new(Some(config.global.max_connections)),
             AccessLog::start(config.global.log_format, config.global.log_skip_empty),
             // The connection table is read by the admin listener only.
-            Registry::new(config.admin.listen.is_some()),
+            Registry::new(config.admin.listen.is_some(), worker_count),
             config.drain.close_spread,
         )),
         listeners: ArcSwap::from_pointee(Vec::new()),

@@ -348,9 +348,18 @@ thread_local! {
     static QUEUES: RefCell<Vec<WorkerQueue>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Connection ids: the worker's number in the high bits, its own count below, so workers never
-/// share a counter. Below 2^53 for the first 8192 workers, so JavaScript reads them exactly.
-const WORKER_SHIFT: u32 = 40;
+/// Connection ids are numbered per worker thread, so workers never share a counter: the n-th
+/// connection of worker w (of `stride`) is `(n - 1) * stride + w + 1`, small numbers that
+/// interleave. A thread beyond `stride` (none in the daemon, whose workers are known) numbers
+/// its connections from `2^48 * (w + 1)` up. Both stay below 2^53, so JavaScript reads them
+/// exactly.
+fn connection_id(worker: u64, stride: u64, n: u64) -> u64 {
+    if worker < stride {
+        (n - 1) * stride + worker + 1
+    } else {
+        ((worker + 1) << 48) + n
+    }
+}
 
 /// Distinguishes registries in the workers' thread-locals (tests run several in one process).
 static NEXT_REGISTRY: AtomicU64 = AtomicU64::new(1);
@@ -359,7 +368,10 @@ static NEXT_REGISTRY: AtomicU64 = AtomicU64::new(1);
 pub struct Registry {
     key: u64,
     enabled: bool,
+    /// Worker threads that have registered a connection so far.
     workers: AtomicU64,
+    /// How many worker threads are expected (the id scheme's stride).
+    stride: u64,
     /// One queue per worker thread; locked by the collector and once per new worker thread.
     queues: Mutex<Vec<Receiver<Event>>>,
     /// The connections, by id; only the control thread locks it (collecting and reading).
@@ -442,12 +454,14 @@ pub struct Selection {
 }
 
 impl Registry {
-    /// `enabled`: false when nothing can read the table (no admin listener).
-    pub fn new(enabled: bool) -> Arc<Registry> {
+    /// `enabled`: false when nothing can read the table (no admin listener); `workers`: the
+    /// threads that will register connections.
+    pub fn new(enabled: bool, workers: usize) -> Arc<Registry> {
         Arc::new(Registry {
             key: NEXT_REGISTRY.fetch_add(1, Ordering::Relaxed),
             enabled,
             workers: AtomicU64::new(0),
+            stride: workers.max(1) as u64,
             queues: Mutex::new(Vec::new()),
             table: Mutex::new(HashMap::new()),
         })
@@ -480,7 +494,7 @@ impl Registry {
             };
             let queue = &mut queues[index];
             queue.next += 1;
-            let id = (queue.worker << WORKER_SHIFT) | (queue.next & ((1 << WORKER_SHIFT) - 1));
+            let id = connection_id(queue.worker, self.stride, queue.next);
             let entry = Arc::new(Entry::new(id, Arc::clone(listener), started));
             queue.events.send(Event::Opened(Arc::clone(&entry))).ok()?;
             Some(Registration {
@@ -587,15 +601,26 @@ mod tests {
     }
 
     #[test]
+    fn ids_interleave_and_never_meet() {
+        assert_eq!(
+            [(0, 1), (1, 1), (0, 2), (1, 2), (0, 3)].map(|(w, n)| connection_id(w, 2, n)),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(connection_id(0, 1, 7), 7);
+        let beyond = connection_id(2, 2, 1);
+        assert!(beyond > connection_id(1, 2, 1 << 40) && beyond < 1 << 53);
+    }
+
+    #[test]
     fn a_disabled_registry_registers_nothing() {
-        let registry = Registry::new(false);
+        let registry = Registry::new(false, 2);
         assert!(registry.register(&name("l"), Instant::now()).is_none());
         assert!(registry.is_empty());
     }
 
     #[test]
     fn connections_come_and_go() {
-        let registry = Registry::new(true);
+        let registry = Registry::new(true, 2);
         let a = registry.register(&name("a"), Instant::now()).unwrap();
         let b = registry.register(&name("b"), Instant::now()).unwrap();
         assert_ne!(a.entry().id, b.entry().id);
@@ -612,17 +637,14 @@ mod tests {
 
     #[test]
     fn workers_number_their_connections_apart() {
-        let registry = Registry::new(true);
+        let registry = Registry::new(true, 2);
         let here = registry.register(&name("l"), Instant::now()).unwrap();
         let registry2 = Arc::clone(&registry);
         let there =
             std::thread::spawn(move || registry2.register(&name("l"), Instant::now()).unwrap())
                 .join()
                 .unwrap();
-        assert_ne!(
-            here.entry().id >> WORKER_SHIFT,
-            there.entry().id >> WORKER_SHIFT
-        );
+        assert_eq!((here.entry().id, there.entry().id), (1, 2));
         assert_eq!(registry.len(), 2);
         // Dropped on another thread than it was registered on (a session never is): its close
         // may be collected before its opening, and the entry is known closed all the same.
@@ -636,7 +658,7 @@ mod tests {
 
     #[test]
     fn filters_and_orders() {
-        let registry = Registry::new(true);
+        let registry = Registry::new(true, 2);
         let t0 = Instant::now();
         let pool = name("p");
         let entries: Vec<Registration> = (0..5u8)
@@ -723,7 +745,7 @@ mod tests {
 
     #[test]
     fn the_json_says_what_the_session_published() {
-        let registry = Registry::new(true);
+        let registry = Registry::new(true, 2);
         let t0 = Instant::now();
         let r = registry.register(&name("l"), t0).unwrap();
         let entry = r.entry();
@@ -757,7 +779,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_request_wakes_the_waiting_session() {
-        let registry = Registry::new(true);
+        let registry = Registry::new(true, 2);
         let r = registry.register(&name("l"), Instant::now()).unwrap();
         let id = r.entry().id;
         let entry = Arc::clone(r.entry());

@@ -216,17 +216,22 @@ function renderPools(status) {
 function renderConnections(table) {
   document.getElementById('open').textContent = '(' + table.open + ' open)';
   const rows = table.connections.map((c) => el('tr', { 'data-connection': c.id },
-    num(c.id), td(c.listener), td(c.client), td(c.vpce), td(c.sni),
+    num(c.id), td(c.listener),
+    td(c.client ? el('span', {}, c.client, c.vpce ? el('div', { class: 'sub' }, c.vpce) : null) : null),
+    td(c.sni),
     td(c.pool ? el('span', {}, c.pool, c.server ? el('div', { class: 'sub' }, c.server + ' ' + (c.server_addr || '')) : null) : null),
-    td(c.source), num(duration(c.age_s)), num(bytes(c.bytes_c2s)), num(bytes(c.bytes_s2c)),
-    silent(c.idle_c2s_s), silent(c.idle_s2c_s), td(c.mode), td(c.phase + (c.closing ? ' (closing)' : '')),
+    td(c.source), num(duration(c.age_s)),
+    num(bytes(c.bytes_c2s) + ' / ' + bytes(c.bytes_s2c)),
+    silent(c.idle_c2s_s, c.idle_s2c_s),
+    td(c.mode), td(c.phase + (c.closing ? ' (closing)' : '')),
   ));
-  tbody('connections', rows, 14, 'no open connection');
+  tbody('connections', rows, 11, 'no open connection');
 }
 
-function silent(seconds) {
-  const cell = num(duration(seconds));
-  if (seconds !== null && seconds > NLB_IDLE_S / 2) cell.classList.add('long');
+// Silences each way; one approaching the NLB's idle timeout is highlighted.
+function silent(c2s, s2c) {
+  const cell = num(duration(c2s) + ' / ' + duration(s2c));
+  if (Math.max(c2s || 0, s2c || 0) > NLB_IDLE_S / 2) cell.classList.add('long');
   return cell;
 }
 
