@@ -34,6 +34,7 @@ use crate::observe::telemetry;
 use crate::protocol::proxy_protocol::SendProxy;
 use crate::protocol::proxy_protocol::{self, Accept};
 use crate::relay::sockopt;
+use crate::relay::sockopt::Keepalive;
 use crate::relay::stream::{Pooled, StreamRelay, Transport};
 use crate::relay::{Ended, Relay, Running, Side};
 use crate::tls::PoolTls;
@@ -666,6 +667,16 @@ impl Session {
     }
 }
 
+/// What the relay loop's tick remembers from one tick to the next.
+struct BetweenTicks<'a> {
+    /// The server socket's keepalive options, until set.
+    keepalive: Option<&'a Keepalive>,
+    /// The server socket's local address is still to be read for the connection table.
+    source_unknown: bool,
+    /// When the next `end=progress` line is due (`log_progress`).
+    next_progress_line: Option<Instant>,
+}
+
 /// The client's side of a connection: as accepted, or with TLS terminated here.
 enum ClientStream {
     Plain(TcpStream),
@@ -726,17 +737,18 @@ impl Session {
         let tick = config
             .streams
             .tick(config.idle_timeout, config.log_progress);
-        // The server socket's keepalive options (five system calls) wait for the first tick,
-        // at most a second in: most short connections are over by then, and a long one has
-        // them well before a probe or TCP_USER_TIMEOUT could be due. So does reading the
-        // socket's own address for the connection table.
-        let mut keepalive = pool.keepalive.idle.is_some().then_some(&pool.keepalive);
         let entry = self.registration.as_ref().map(|r| Arc::clone(r.entry()));
-        let mut source_unknown = entry.is_some();
+        let mut between = BetweenTicks {
+            // The server socket's keepalive options (five system calls) wait for the first
+            // tick, at most a second in: most short connections are over by then, and a long
+            // one has them well before a probe or TCP_USER_TIMEOUT could be due. So does
+            // reading the socket's own address for the connection table.
+            keepalive: pool.keepalive.idle.is_some().then_some(&pool.keepalive),
+            source_unknown: entry.is_some(),
+            next_progress_line: config.log_progress.map(|every| self.started + every),
+        };
         let start = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval_at(start + tick.min(KEEPALIVE_AFTER), tick);
-        let mut last_bytes = (0, 0);
-        let mut next_progress_line = config.log_progress.map(|every| self.started + every);
         if let Some(entry) = &entry {
             entry.set_relaying(start.into_std());
             entry.set_mode(relay.mode());
@@ -774,44 +786,10 @@ impl Session {
                 biased;
                 ended = &mut watched => break end_of(ended),
                 now = ticker.tick() => {
-                    let now = now.into_std();
-                    let relay = &*watched.relay;
-                    if let Some(keepalive) = keepalive.take() {
-                        let socket = SockRef::from(relay.server_socket());
-                        if let Err(e) = sockopt::set_keepalive(&socket, keepalive) {
-                            tracing::debug!(server = %server.addr, "keepalive options: {e}");
-                        }
-                    }
-                    if let Some(entry) = entry.as_ref().filter(|_| std::mem::take(&mut source_unknown)) {
-                        if let Ok(source) = relay.server_socket().local_addr() {
-                            entry.set_source(source);
-                        }
-                    }
-                    let done = relay.done();
-                    if let Some(entry) = &entry {
-                        entry.set_phase(Progress::phase(done));
-                        entry.set_mode(relay.mode());
-                    }
-                    let bytes = watched.progress.bytes;
-                    if bytes != last_bytes {
-                        last_bytes = bytes;
-                        self.publish_bytes(already_sent + bytes.0, bytes.1);
-                    }
-                    if let Some(end) = config.streams.check(
-                        now,
-                        self.started,
-                        config.idle_timeout,
-                        &watched.progress,
-                        done,
-                    ) {
+                    let (relay, progress) = (&*watched.relay, &watched.progress);
+                    let ticked = self.on_tick(&mut between, now.into_std(), relay, progress, entry.as_deref(), server);
+                    if let Some(end) = ticked {
                         break end;
-                    }
-                    if let Some(due) = next_progress_line.filter(|due| now >= *due) {
-                        let every = config.log_progress.unwrap_or(tick);
-                        // Skipping lines missed (a worker held up), not writing them in a burst.
-                        let late = now.saturating_duration_since(due).as_nanos() / every.as_nanos().max(1);
-                        next_progress_line = Some(due + every * (late as u32 + 1));
-                        self.log_event("progress", (already_sent + bytes.0, bytes.1));
                     }
                 }
                 _ = &mut drain_deadline => break End::DrainDeadline,
@@ -821,6 +799,58 @@ impl Session {
         };
         self.longest_silence = Some(watched.progress.longest_silence(Instant::now()));
         end
+    }
+
+    /// The relay loop's tick: socket options once the connection has lasted a moment, the
+    /// connection table's slower figures, the byte counters, the timeouts (the end, if one has
+    /// passed), the progress line when due.
+    fn on_tick(
+        &mut self,
+        between: &mut BetweenTicks<'_>,
+        now: Instant,
+        relay: &impl Running,
+        progress: &Progress,
+        entry: Option<&Entry>,
+        server: &Server,
+    ) -> Option<End> {
+        if let Some(keepalive) = between.keepalive.take() {
+            let socket = SockRef::from(relay.server_socket());
+            if let Err(e) = sockopt::set_keepalive(&socket, keepalive) {
+                tracing::debug!(server = %server.addr, "keepalive options: {e}");
+            }
+        }
+        let done = relay.done();
+        if let Some(entry) = entry {
+            if std::mem::take(&mut between.source_unknown) {
+                if let Ok(source) = relay.server_socket().local_addr() {
+                    entry.set_source(source);
+                }
+            }
+            entry.set_phase(Progress::phase(done));
+            entry.set_mode(relay.mode());
+        }
+        let bytes = (
+            self.record.bytes_client_to_server + progress.bytes.0,
+            progress.bytes.1,
+        );
+        self.publish_bytes(bytes.0, bytes.1);
+        let config = &self.listener.config;
+        if let Some(end) =
+            config
+                .streams
+                .check(now, self.started, config.idle_timeout, progress, done)
+        {
+            return Some(end);
+        }
+        if let Some((due, every)) = between.next_progress_line.zip(config.log_progress) {
+            if now >= due {
+                // The next one an interval on; lines a held-up worker missed are not made up.
+                let next = due + every;
+                between.next_progress_line = Some(if next > now { next } else { now + every });
+                self.log_event("progress", bytes);
+            }
+        }
+        None
     }
 
     /// An access-log line for a connection still open (`end=open`, `end=progress`): what is
