@@ -71,7 +71,7 @@ async fn deployment() -> (RelayProcess, SocketAddr, SocketAddr, Vec<TcpStream>) 
     let (up, _) = echo_server().await;
     let (named, _) = echo_server().await;
     let refused = free_addr();
-    let (listen, admin) = (listen_addr(), free_addr());
+    let (listen, admin) = (listen_addr(), listen_addr());
     let config = format!(
         "[admin]\nlisten = \"{admin}\"\n\n[drain]\nannounce = \"60s\"\n\n\
          [[listener]]\nname = \"openai\"\nlisten = \"{listen}\"\npool = \"azure-openai\"\n\
@@ -131,7 +131,7 @@ async fn deployment() -> (RelayProcess, SocketAddr, SocketAddr, Vec<TcpStream>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_and_its_files_come_from_the_binary() {
     let (server, _) = echo_server().await;
-    let (listen, admin) = (listen_addr(), free_addr());
+    let (listen, admin) = (listen_addr(), listen_addr());
     let config = config(listen, &[server], "", "")
         .replace("listen = \"off\"", &format!("listen = \"{admin}\""));
     let _relay = RelayProcess::start(&config);

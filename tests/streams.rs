@@ -67,7 +67,7 @@ fn relay_with_admin(
     servers: &[SocketAddr],
     listener_extra: &str,
 ) -> (RelayProcess, SocketAddr, SocketAddr) {
-    let (listen, admin) = (listen_addr(), free_addr());
+    let (listen, admin) = (listen_addr(), listen_addr());
     let config = config(listen, servers, listener_extra, "").replace(
         "listen = \"off\"",
         &format!("listen = \"{admin}\"\ntoken = \"{TOKEN}\""),

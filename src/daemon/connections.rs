@@ -89,9 +89,6 @@ fn parse_client(text: &str) -> Result<IpNet, String> {
 
 /// `GET /connections`.
 pub(super) fn list(registry: &Registry, query: &str) -> Response {
-    if !registry.enabled() {
-        return Response::text(404, "the connection table is off\n");
-    }
     let query = match parse_query(query) {
         Ok(query) => query,
         Err(message) => return Response::text(400, format!("bad request: {message}\n")),
@@ -132,13 +129,12 @@ pub(super) fn close(registry: &Registry, path: &str) -> Response {
     match registry.close(id) {
         None => Response::text(404, format!("no open connection {id}\n")),
         Some(entry) => {
-            tracing::info!(id, listener = %entry.listener, client = ?entry.client(), "admin: closing connection");
+            tracing::info!(id, listener = %entry.connection.listener, client = %entry.connection.client, "admin: closing connection");
             json(
                 200,
                 serde_json::json!({
                     "id": id,
                     "closing": true,
-                    // A connection still being set up closes as soon as it relays.
                     "phase": entry.phase().as_str(),
                 }),
             )

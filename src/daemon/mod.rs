@@ -96,9 +96,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         sessions: Arc::new(Shared::new(
             Limit::new(Some(config.global.max_connections)),
             AccessLog::start(config.global.log_format, config.global.log_skip_empty),
-            // The connection table is read by the admin listener only.
-            Registry::new(config.admin.listen.is_some(), worker_count),
-            config.drain.close_spread,
+            Registry::new(worker_count),
         )),
         listeners: ArcSwap::from_pointee(Vec::new()),
         drain: ArcSwap::from_pointee(config.drain.clone()),
@@ -127,6 +125,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         };
         let signals = Signals::install()?;
         daemon.apply_initial()?;
+        daemon.tidy_registry();
         daemon.start_admin(prometheus)?;
         // Announced once everything listens, admin included: scripts (and the tests) take this
         // line, like READY=1, to mean every configured address accepts.
@@ -242,6 +241,19 @@ impl Daemon {
         }
     }
 
+    /// Collects the workers' connection-table queues a few times a second, so they stay short
+    /// and closed connections' entries are freed while nobody reads the table.
+    fn tidy_registry(&self) {
+        let registry = Arc::clone(&self.state.sessions.registry);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                registry.tidy();
+            }
+        });
+    }
+
     /// Binds the admin (and health) listeners and serves them on this, the control, thread.
     fn start_admin(&self, prometheus: Option<PrometheusHandle>) -> Result<(), String> {
         if let Some(handle) = prometheus.clone() {
@@ -252,17 +264,6 @@ impl Daemon {
                 loop {
                     every.tick().await;
                     handle.run_upkeep();
-                }
-            });
-        }
-        let registry = Arc::clone(&self.state.sessions.registry);
-        if registry.enabled() {
-            // Keeps the workers' registration queues short while nobody reads the table.
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    every.tick().await;
-                    registry.tidy();
                 }
             });
         }
@@ -382,8 +383,11 @@ impl Daemon {
                 drain.close_spread
             );
             self.state.sessions.phase.send_replace(Phase::Closing);
+            // Spread, so the clients of a draining relay don't all reconnect at once.
+            let registry = Arc::clone(&self.state.sessions.registry);
             tokio::select! {
                 _ = self.connections_closed(drain.close_spread + Duration::from_secs(1)) => {}
+                _ = registry.close_all(drain.close_spread) => {}
                 _ = &mut now_or_on_signal => return self.exit_now(),
             }
         }
@@ -538,9 +542,6 @@ impl Daemon {
             metrics::gauge!(telemetry::CONNECTIONS_LIMIT, "listener" => slot.settings.load().name.to_string()).set(limit as f64);
         }
         self.state.drain.store(Arc::new(config.drain.clone()));
-        self.state
-            .sessions
-            .set_close_spread(config.drain.close_spread);
         // Background work: the old generation's checks and DNS refreshers end, the new one's
         // start (on this, the control thread).
         for old in &self.pools {

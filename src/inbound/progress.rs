@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use metrics::Histogram;
 
-use crate::inbound::registry::{Entry, Phase};
+use crate::inbound::registry::Entry;
 use crate::inbound::session::End;
 use crate::relay::{Ended, Running, Side};
 
@@ -71,10 +71,10 @@ impl StreamTimeouts {
             return Some(End::FirstByteTimeout);
         }
         // A direction that has ended is silent by rights.
-        if !done.0 && silent(progress.last[0], self.idle_client) {
+        if !done.0 && silent(progress.last(0), self.idle_client) {
             return Some(End::IdleSide(Side::Client));
         }
-        if !done.1 && silent(progress.last[1], self.idle_server) {
+        if !done.1 && silent(progress.last(1), self.idle_server) {
             return Some(End::IdleSide(Side::Server));
         }
         if silent(progress.last_active(), Some(idle)) {
@@ -87,17 +87,18 @@ impl StreamTimeouts {
     }
 }
 
-/// What a relay has done so far, as its session saw it.
+/// What a relay has done so far, as its session saw it. Times are kept in milliseconds after
+/// the relay started: a relaying connection's state is its memory while idle.
 #[derive(Debug, Clone)]
 pub struct Progress {
     /// When the relay started (the server was connected).
     started: Instant,
     /// Payload bytes (client → server, server → client), as of the last look.
     pub bytes: (u64, u64),
-    /// When each direction last moved a byte (or the relay started).
-    last: [Instant; 2],
-    /// The longest time no byte moved either way, up to the last look.
-    longest_silence: Duration,
+    /// When each direction last moved a byte (or the relay started), in ms after `started`.
+    last_ms: [u32; 2],
+    /// The longest time no byte moved either way, up to the last look, in ms.
+    longest_silence_ms: u32,
 }
 
 impl Progress {
@@ -105,23 +106,36 @@ impl Progress {
         Progress {
             started,
             bytes: (0, 0),
-            last: [started; 2],
-            longest_silence: Duration::ZERO,
+            last_ms: [0; 2],
+            longest_silence_ms: 0,
         }
     }
 
+    fn ms(&self, at: Instant) -> u32 {
+        u32::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u32::MAX)
+    }
+
+    fn at(&self, ms: u32) -> Instant {
+        self.started + Duration::from_millis(u64::from(ms))
+    }
+
+    fn last(&self, direction: usize) -> Instant {
+        self.at(self.last_ms[direction])
+    }
+
     fn last_active(&self) -> Instant {
-        self.last[0].max(self.last[1])
+        self.at(self.last_ms[0].max(self.last_ms[1]))
     }
 
     /// Takes in the relay's counts at `now`; which directions moved, when, if any did.
     fn observe(&mut self, bytes: (u64, u64), now: Instant) -> [Option<Instant>; 2] {
-        let silence = now.saturating_duration_since(self.last_active());
-        self.longest_silence = self.longest_silence.max(silence);
+        let now_ms = self.ms(now);
+        let silence = now_ms.saturating_sub(self.last_ms[0].max(self.last_ms[1]));
+        self.longest_silence_ms = self.longest_silence_ms.max(silence);
         let moved = [bytes.0 != self.bytes.0, bytes.1 != self.bytes.1];
-        for (last, moved) in self.last.iter_mut().zip(moved) {
+        for (last, moved) in self.last_ms.iter_mut().zip(moved) {
             if moved {
-                *last = now;
+                *last = now_ms;
             }
         }
         self.bytes = bytes;
@@ -130,17 +144,8 @@ impl Progress {
 
     /// The longest silence of the connection, its last one (until `now`) included.
     pub fn longest_silence(&self, now: Instant) -> Duration {
-        self.longest_silence
+        Duration::from_millis(u64::from(self.longest_silence_ms))
             .max(now.saturating_duration_since(self.last_active()))
-    }
-
-    /// The phase a relay whose ended directions are `done` is in.
-    pub fn phase(done: (bool, bool)) -> Phase {
-        match done {
-            (true, false) => Phase::ClientFin,
-            (false, true) => Phase::ServerFin,
-            _ => Phase::Relaying,
-        }
     }
 }
 

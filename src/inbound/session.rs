@@ -24,11 +24,11 @@ use crate::inbound::listener::ListenerSettings;
 use crate::inbound::preamble::ProxyProtocol;
 use crate::inbound::preamble::{self, ClientIdentity, HandshakeError, Hello};
 use crate::inbound::progress::{Progress, Watched};
-use crate::inbound::registry::{Entry, Phase as Step, Registration};
+use crate::inbound::registry::{
+    CloseReason, CloseRequested, Connection, Entry, Phase as Stage, Registration,
+};
 use crate::inbound::route::RouteFallback;
 use crate::inbound::Shared;
-use crate::lifecycle::quiet::Quiet;
-use crate::lifecycle::Phase;
 use crate::observe::access_log::Record;
 use crate::observe::telemetry;
 use crate::protocol::proxy_protocol::SendProxy;
@@ -162,10 +162,6 @@ pub struct Session {
     published: (u64, u64),
     /// When it was accepted.
     started: Instant,
-    /// Its entry in the live-connection table (None when the table is off).
-    registration: Option<Registration>,
-    /// The longest time no byte moved either way while it relayed (None: it never relayed).
-    longest_silence: Option<Duration>,
 }
 
 impl Session {
@@ -179,10 +175,8 @@ impl Session {
         shared: Arc<Shared>,
         permits: [Permit; 2],
     ) {
-        let started = Instant::now();
         listener.metrics.active.increment(1.0);
         let record = new_record(&listener, peer);
-        let registration = shared.registry.register(&listener.name, started);
         let mut session = Session {
             peer,
             listener,
@@ -190,9 +184,7 @@ impl Session {
             shared,
             record,
             published: (0, 0),
-            started,
-            registration,
-            longest_silence: None,
+            started: Instant::now(),
         };
         let end = session.serve(client).await;
         let Session {
@@ -200,22 +192,12 @@ impl Session {
             shared,
             record,
             published,
-            registration,
-            longest_silence,
+            started,
             ..
         } = session;
         listener.metrics.active.decrement(1.0);
-        if let Some(silence) = longest_silence {
-            listener.metrics.silent_gap.record(silence.as_secs_f64());
-        }
         finish(&listener, &shared, record, started, end, published);
-        drop(registration);
         drop(permits);
-    }
-
-    /// The connection's entry in the live-connection table, when the table is on.
-    fn entry(&self) -> Option<&Entry> {
-        self.registration.as_ref().map(|r| &**r.entry())
     }
 
     async fn serve(&mut self, client: TcpStream) -> End {
@@ -245,9 +227,6 @@ impl Session {
         let client_ip = identity.addr.ip().to_canonical();
         self.record.client = identity.addr;
         self.record.vpce = identity.vpce.clone();
-        if let Some(entry) = self.entry() {
-            entry.set_identity(identity.addr, identity.vpce.as_ref());
-        }
         if let Some(vpce) = &identity.vpce {
             self.listener.metrics.count_vpce(vpce);
         }
@@ -293,10 +272,6 @@ impl Session {
             Err(end) => return Err(refuse_now(client.socket(), end)),
         };
         self.record.pool = Some(Arc::clone(&pool.name));
-        if let Some(entry) = self.entry() {
-            entry.set_route(self.record.sni.as_deref(), &pool.name);
-            entry.set_phase(Step::Connecting);
-        }
 
         // Connect, retrying on other servers. The PROXY header for the server goes first, in
         // the clear; where the pool originates TLS, the handshake follows it within the same
@@ -562,9 +537,6 @@ impl Session {
         self.record.server = Some(Arc::clone(&server.name));
         self.record.server_addr = Some(server.addr);
         self.record.connect_time = Some(connect_time);
-        if let Some(entry) = self.entry() {
-            entry.set_upstream(&server.name, server.addr);
-        }
     }
 
     /// Reads the PROXY header when the listener expects one, within the handshake deadline.
@@ -731,13 +703,17 @@ impl Session {
         server: &Server,
         pool: &Pool,
     ) -> End {
-        let (listener, shared) = (Arc::clone(&self.listener), Arc::clone(&self.shared));
+        let listener = Arc::clone(&self.listener);
         let config = &listener.config;
         let already_sent = self.record.bytes_client_to_server;
         let tick = config
             .streams
             .tick(config.idle_timeout, config.log_progress);
-        let entry = self.registration.as_ref().map(|r| Arc::clone(r.entry()));
+        let start = tokio::time::Instant::now();
+        // In the live-connection table while it relays: listed for the admin API, and closed
+        // through it by the admin or at the drain deadline.
+        let registration = self.register(server, pool, start.into_std());
+        let entry = registration.as_ref().map(Registration::entry);
         let mut between = BetweenTicks {
             // The server socket's keepalive options (five system calls) wait for the first
             // tick, at most a second in: most short connections are over by then, and a long
@@ -747,38 +723,23 @@ impl Session {
             source_unknown: entry.is_some(),
             next_progress_line: config.log_progress.map(|every| self.started + every),
         };
-        let start = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval_at(start + tick.min(KEEPALIVE_AFTER), tick);
-        if let Some(entry) = &entry {
-            entry.set_relaying(start.into_std());
+        if let Some(entry) = entry {
             entry.set_mode(relay.mode());
         }
         if config.log_open {
             self.log_event("open", (already_sent, 0));
         }
-        let mut phase = shared.phase.subscribe();
-        let drain = Arc::clone(&shared);
-        let mut drain_deadline = Quiet::new(async move {
-            if phase.wait_for(|p| *p >= Phase::Closing).await.is_ok() {
-                // Spread closes so the clients of a draining relay don't all reconnect at once.
-                let spread = drain.close_spread();
-                tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        });
         let mut server_down = server.close_signal();
-        let mut admin_close = std::pin::pin!(async {
-            match &entry {
-                Some(entry) => entry.close_requested().await,
-                None => std::future::pending().await,
-            }
-        });
+        let mut close_requested = match entry {
+            Some(entry) => entry.close_requested(),
+            None => CloseRequested::never(),
+        };
         let mut watched = Watched::new(
             relay,
             start.into_std(),
             already_sent,
-            entry.as_deref(),
+            entry,
             &pool.metrics.first_byte,
         );
         let end = loop {
@@ -787,18 +748,36 @@ impl Session {
                 ended = &mut watched => break end_of(ended),
                 now = ticker.tick() => {
                     let (relay, progress) = (&*watched.relay, &watched.progress);
-                    let ticked = self.on_tick(&mut between, now.into_std(), relay, progress, entry.as_deref(), server);
+                    let ticked = self.on_tick(&mut between, now.into_std(), relay, progress, entry, server);
                     if let Some(end) = ticked {
                         break end;
                     }
                 }
-                _ = &mut drain_deadline => break End::DrainDeadline,
                 _ = &mut server_down => break End::ServerDown,
-                _ = &mut admin_close => break End::AdminClosed,
+                reason = &mut close_requested => break match reason {
+                    CloseReason::Admin => End::AdminClosed,
+                    CloseReason::Drain => End::DrainDeadline,
+                },
             }
         };
-        self.longest_silence = Some(watched.progress.longest_silence(Instant::now()));
+        let silence = watched.progress.longest_silence(Instant::now());
+        listener.metrics.silent_gap.record(silence.as_secs_f64());
         end
+    }
+
+    /// Enters the connection in the live-connection table, as it starts relaying at `now`.
+    fn register(&self, server: &Server, pool: &Pool, now: Instant) -> Option<Registration> {
+        let connection = Connection {
+            listener: Arc::clone(&self.listener.name),
+            started: self.started,
+            client: self.record.client,
+            vpce: self.record.vpce.clone(),
+            sni: self.record.sni.clone(),
+            pool: Arc::clone(&pool.name),
+            server: Arc::clone(&server.name),
+            server_addr: server.addr,
+        };
+        self.shared.registry.register(connection, now)
     }
 
     /// The relay loop's tick: socket options once the connection has lasted a moment, the
@@ -826,7 +805,7 @@ impl Session {
                     entry.set_source(source);
                 }
             }
-            entry.set_phase(Progress::phase(done));
+            entry.set_phase(Stage::of(done));
             entry.set_mode(relay.mode());
         }
         let bytes = (
