@@ -22,11 +22,11 @@
 //! deadline (`close_all`), so a session needs no watcher of its own for that.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -333,6 +333,9 @@ pub struct Registry {
     queues: Mutex<Vec<Receiver<Event>>>,
     /// The connections, by id; only the control thread locks it (collecting and reading).
     table: Mutex<HashMap<u64, Arc<Entry>>>,
+    /// Set once the drain closes everything: connections that start relaying later are closed
+    /// as soon as they are collected.
+    closing_all: AtomicBool,
 }
 
 /// A session's place in the registry; its drop takes the connection out.
@@ -424,6 +427,7 @@ impl Registry {
             stride: workers.max(1) as u64,
             queues: Mutex::new(Vec::new()),
             table: Mutex::new(HashMap::new()),
+            closing_all: AtomicBool::new(false),
         })
     }
 
@@ -467,6 +471,9 @@ impl Registry {
             while let Ok(event) = queue.try_recv() {
                 match event {
                     Event::Opened(entry) => {
+                        if self.closing_all.load(Ordering::Relaxed) {
+                            entry.request_close(CloseReason::Drain);
+                        }
                         table.insert(entry.id, entry);
                     }
                     Event::Closed(id) => {
@@ -538,15 +545,12 @@ impl Registry {
     /// still being set up). Runs until dropped.
     pub async fn close_all(&self, spread: Duration) {
         let start = tokio::time::Instant::now();
-        let mut order: Vec<Arc<Entry>> = self
-            .collect()
-            .values()
-            .filter(|e| !ended(e))
-            .cloned()
-            .collect();
+        let mut order: Vec<Arc<Entry>> = {
+            let table = self.collect();
+            self.closing_all.store(true, Ordering::Relaxed);
+            table.values().filter(|e| !ended(e)).cloned().collect()
+        };
         fastrand::shuffle(&mut order);
-        let first: HashSet<u64> = order.iter().map(|e| e.id).collect();
-        let total = order.len();
         let mut closed = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         loop {
@@ -556,20 +560,13 @@ impl Registry {
             } else {
                 (start.elapsed().as_secs_f64() / spread.as_secs_f64()).min(1.0)
             };
-            let due = ((total as f64 * share).ceil() as usize).min(total);
+            let due = ((order.len() as f64 * share).ceil() as usize).min(order.len());
             for entry in &order[closed..due] {
                 entry.request_close(CloseReason::Drain);
             }
             closed = due;
-            let late: Vec<Arc<Entry>> = self
-                .collect()
-                .values()
-                .filter(|e| !first.contains(&e.id) && e.closing().is_none() && !ended(e))
-                .cloned()
-                .collect();
-            for entry in late {
-                entry.request_close(CloseReason::Drain);
-            }
+            // Latecomers are closed as they are collected.
+            self.tidy();
         }
     }
 }
