@@ -11,7 +11,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`inbound`] | the accept loop (`listener`), the `session` that walks a connection through the path top to bottom, the `preamble` (PROXY header and ClientHello peek), `access` rules, `limits`, the `route` fallback, the listener's metrics |
+//! | [`inbound`] | the accept loop (`listener`), the `session` that walks a connection through the path top to bottom, the `preamble` (PROXY header and ClientHello peek), `access` rules, `limits`, the `route` fallback, the `progress` a relaying connection watches (its stream timeouts), the `registry` of relaying connections, the listener's metrics |
 //! | [`protocol`] | wire formats without I/O: `proxy_protocol` (v1, v2, encode), `sni` (ClientHello), `vpce` (the VPC endpoint ID), `name_table` (server-name patterns) |
 //! | [`upstream`] | `pool` (servers, `balance`, state), `connect` (timeout, retries), `health` checks and `dns` re-resolution in the background, the pool's metrics |
 //! | [`tls`] | rustls: `certificates`, `expiry`, `server` (terminate), `client` (originate), `failure` names |
@@ -19,7 +19,7 @@
 //! | [`observe`] | Prometheus names and recorder (`telemetry`), the `access_log`, diagnostics (`logging`) |
 //! | [`lifecycle`] | the process `Phase` and `quiet` futures for rare events; a leaf |
 //! | [`config`] | the TOML file, one module per section, into validated settings; `check` |
-//! | [`daemon`] | workers, signals, reload, drain, systemd `notify`, worker `heartbeat`s, the `admin` HTTP endpoints |
+//! | [`daemon`] | workers, signals, reload, drain, systemd `notify`, worker `heartbeat`s, the `admin` HTTP endpoints (with `connections` and the `status_page`) |
 //!
 //! Layering (checked by a unit test, `layers`): `protocol` and `lifecycle` import nothing of the
 //! crate; the runtime subsystems import only those below them (`inbound` → `upstream` → `tls` →

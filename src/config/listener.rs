@@ -8,9 +8,10 @@ use std::time::Duration;
 use super::global::{Global, RELAY_MODES};
 use super::reader::{At, Diagnostics, Section};
 use super::tls::read_listener_tls;
-use super::values::{parse_cidr, parse_socket_addr, parse_vpce, values};
+use super::values::{parse_cidr, parse_duration, parse_socket_addr, parse_vpce, values};
 use crate::inbound::listener::ListenerConfig;
 use crate::inbound::preamble::ProxyProtocol;
+use crate::inbound::progress::StreamTimeouts;
 use crate::inbound::route::RouteFallback;
 use crate::protocol::name_table::{self, NameTable};
 use crate::relay::sockopt::Keepalive;
@@ -101,6 +102,14 @@ pub(super) fn read_listener(
     );
     let handshake_timeout = s.positive_duration(diag, "handshake_timeout", Duration::from_secs(5));
     let idle_timeout = s.positive_duration(diag, "idle_timeout", Duration::from_secs(900));
+    let streams = StreamTimeouts {
+        first_byte: optional_timeout(s, diag, "first_byte_timeout"),
+        max_lifetime: optional_timeout(s, diag, "max_lifetime"),
+        idle_client: optional_timeout(s, diag, "idle_timeout_client"),
+        idle_server: optional_timeout(s, diag, "idle_timeout_server"),
+    };
+    let log_open = s.bool(diag, "log_open", false);
+    let log_progress = optional_timeout(s, diag, "log_progress");
     let backlog = s.integer(diag, "backlog", 1..=65535, 4096) as u32;
     let keepalive = read_keepalive(s, diag);
     let relay = s.choice(diag, "relay", RELAY_MODES, global.relay);
@@ -187,6 +196,9 @@ pub(super) fn read_listener(
             route_fallback,
             handshake_timeout,
             idle_timeout,
+            streams,
+            log_open,
+            log_progress,
             backlog,
             keepalive,
             relay,
@@ -194,6 +206,19 @@ pub(super) fn read_listener(
         },
         name,
         listen,
+    })
+}
+
+/// An optional duration that must be greater than zero: leaving the key out is how to say
+/// "none".
+fn optional_timeout(
+    s: &mut Section<'_, '_>,
+    diag: &mut Diagnostics<'_>,
+    key: &str,
+) -> Option<Duration> {
+    s.parsed(diag, key, |text| match parse_duration(text)? {
+        d if d.is_zero() => Err("must be greater than zero (leave the key out for none)".into()),
+        d => Ok(d),
     })
 }
 

@@ -1,7 +1,8 @@
-//! The admin HTTP listener: /metrics, /healthz, /readyz, /status, and the POST endpoints that
-//! set a server draining or ready (`/pools/{pool}/servers/{server}/drain|ready`), which need
-//! `Authorization: Bearer <token>` when `[admin] token` is set and are off when the listener is
-//! reachable off loopback without one.
+//! The admin HTTP listener: /metrics, /healthz, /readyz, /status, the status page (`/`,
+//! `status_page`), the live connections (`/connections`, `connections`), and the POST endpoints
+//! that set a server draining or ready (`/pools/{pool}/servers/{server}/drain|ready`) or close a
+//! connection (`/connections/{id}/close`), which need `Authorization: Bearer <token>` when
+//! `[admin] token` is set and are off when the listener is reachable off loopback without one.
 //!
 //! A deliberately small HTTP/1.1 server: one request per connection, a bounded request head, a
 //! deadline for the whole exchange, `Connection: close`, and at most `MAX_CONNECTIONS` at once
@@ -34,6 +35,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use super::{connections, status_page};
 use crate::config::{self, AdminToken};
 use crate::daemon::readiness::{readiness, stuck};
 use crate::daemon::State;
@@ -211,14 +213,14 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>, scope: Scope) {
     }
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
+pub(super) struct Response {
+    pub(super) status: u16,
+    pub(super) content_type: &'static str,
+    pub(super) body: String,
 }
 
 impl Response {
-    fn text(status: u16, body: impl Into<String>) -> Response {
+    pub(super) fn text(status: u16, body: impl Into<String>) -> Response {
         Response {
             status,
             content_type: "text/plain; charset=utf-8",
@@ -252,6 +254,8 @@ async fn handle(mut stream: TcpStream, admin: &Admin, scope: Scope) {
 struct Request {
     method: String,
     path: String,
+    /// What follows the `?`, if anything.
+    query: String,
     /// The `Authorization` header's value.
     authorization: Option<String>,
     /// The `Host` header's value.
@@ -304,10 +308,11 @@ fn request_head(buf: &[u8]) -> Head {
     }
     match (parts.next(), parts.next(), parts.next()) {
         (Some(method), Some(target), Some(version)) if version.starts_with("HTTP/1.") => {
-            let path = target.split('?').next().unwrap_or(target);
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
             Head::Complete(Request {
                 method: method.to_string(),
                 path: path.to_string(),
+                query: query.to_string(),
                 authorization,
                 host,
                 origin,
@@ -390,9 +395,22 @@ async fn route(request: &Request, admin: &Admin, scope: Scope) -> Response {
             content_type: "application/json",
             body: status(&admin.state).to_string() + "\n",
         },
-        (_, "/metrics" | "/status") => Response::text(405, "method not allowed\n"),
+        ("GET" | "HEAD", path) if status_page::serves(path) => status_page::asset(path),
+        ("GET" | "HEAD", "/connections") => {
+            connections::list(&admin.state.sessions.registry, &request.query)
+        }
+        (_, "/metrics" | "/status" | "/connections") => Response::text(405, "method not allowed\n"),
         (method, path) if path.starts_with("/pools/") => {
             server_control(method, path, request, &access, admin)
+        }
+        (method, path) if path.starts_with("/connections/") => {
+            if method != "POST" {
+                return Response::text(405, "method not allowed: use POST\n");
+            }
+            if let Err(refused) = authorize(request, &access) {
+                return refused;
+            }
+            connections::close(&admin.state.sessions.registry, path)
         }
         _ => Response::text(404, "not found\n"),
     }
@@ -415,22 +433,8 @@ fn server_control(
     if method != "POST" {
         return Response::text(405, "method not allowed: use POST\n");
     }
-    if request.origin {
-        return Response::text(
-            403,
-            "forbidden: a request with an Origin header comes from a web page\n",
-        );
-    }
-    if !access.posts_enabled {
-        return Response::text(
-            403,
-            "forbidden: the POST endpoints are off: this admin listener is reachable off loopback and [admin] token_file is not set\n",
-        );
-    }
-    if let Some(token) = &access.token {
-        if !bearer(request.authorization.as_deref()).is_some_and(|sent| token.matches(sent)) {
-            return Response::text(401, "unauthorized: send Authorization: Bearer <token>\n");
-        }
+    if let Err(refused) = authorize(request, access) {
+        return refused;
     }
     let (Some(pool_name), Some(server_name)) = (percent_decode(pool), percent_decode(server))
     else {
@@ -478,7 +482,33 @@ fn bearer(authorization: Option<&str>) -> Option<&[u8]> {
         .then(|| credentials.trim().as_bytes())
 }
 
-fn percent_decode(text: &str) -> Option<String> {
+/// What every POST needs: no `Origin` header (a web page's request), the POST endpoints on, and
+/// `Authorization: Bearer <token>` when `[admin] token` is set.
+fn authorize(request: &Request, access: &Access) -> Result<(), Response> {
+    if request.origin {
+        return Err(Response::text(
+            403,
+            "forbidden: a request with an Origin header comes from a web page\n",
+        ));
+    }
+    if !access.posts_enabled {
+        return Err(Response::text(
+            403,
+            "forbidden: the POST endpoints are off: this admin listener is reachable off loopback and [admin] token_file is not set\n",
+        ));
+    }
+    if let Some(token) = &access.token {
+        if !bearer(request.authorization.as_deref()).is_some_and(|sent| token.matches(sent)) {
+            return Err(Response::text(
+                401,
+                "unauthorized: send Authorization: Bearer <token>\n",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -28,14 +28,17 @@ use crate::inbound::Shared;
 use crate::lifecycle::Phase;
 use crate::observe::access_log::{self, AccessLog};
 mod admin;
+mod connections;
 mod heartbeat;
 mod notify;
 mod readiness;
+mod status_page;
 use crate::config::{Config, Drain};
 use crate::inbound::limits::Limit;
 use crate::inbound::listener::ListenerConfig;
 use crate::inbound::listener::{self, ListenerSettings, ListenerSlot};
 use crate::inbound::metrics::ListenerMetrics;
+use crate::inbound::registry::Registry;
 use crate::observe::telemetry;
 use crate::relay;
 use crate::relay::sockopt;
@@ -100,7 +103,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         sessions: Arc::new(Shared::new(
             Limit::new(Some(config.global.max_connections)),
             AccessLog::start(&config.global.access_log_settings())?,
-            config.drain.close_spread,
+            Registry::new(worker_count),
         )),
         listeners: ArcSwap::from_pointee(Vec::new()),
         drain: ArcSwap::from_pointee(config.drain.clone()),
@@ -133,6 +136,7 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         };
         let signals = Signals::install()?;
         daemon.apply_initial()?;
+        daemon.tidy_registry();
         daemon.start_admin(prometheus)?;
         // Announced once everything listens, admin included: scripts (and the tests) take this
         // line, like READY=1, to mean every configured address accepts.
@@ -256,6 +260,19 @@ impl Daemon {
         }
     }
 
+    /// Collects the workers' connection-table queues a few times a second, so they stay short
+    /// and closed connections' entries are freed while nobody reads the table.
+    fn tidy_registry(&self) {
+        let registry = Arc::clone(&self.state.sessions.registry);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                registry.tidy();
+            }
+        });
+    }
+
     /// Binds the admin (and health) listeners and serves them on this, the control, thread.
     fn start_admin(&mut self, prometheus: Option<PrometheusHandle>) -> Result<(), String> {
         if let Some(handle) = prometheus.clone() {
@@ -373,8 +390,11 @@ impl Daemon {
                 drain.close_spread
             );
             self.state.sessions.phase.send_replace(Phase::Closing);
+            // Spread, so the clients of a draining relay don't all reconnect at once.
+            let registry = Arc::clone(&self.state.sessions.registry);
             tokio::select! {
                 _ = self.connections_closed(drain.close_spread + Duration::from_secs(1)) => {}
+                _ = registry.close_all(drain.close_spread) => {}
                 _ = &mut now_or_on_signal => return self.exit_now(),
             }
         }
@@ -564,9 +584,6 @@ impl Daemon {
             metrics::gauge!(telemetry::CONNECTIONS_LIMIT, "listener" => slot.settings.load().name.to_string()).set(limit as f64);
         }
         self.state.drain.store(Arc::new(config.drain.clone()));
-        self.state
-            .sessions
-            .set_close_spread(config.drain.close_spread);
         // Background work: the old generation's checks and DNS refreshers end, the new one's
         // start (on this, the control thread).
         for old in &self.pools {

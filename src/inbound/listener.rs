@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::inbound::limits::{ClientLimits, Limit};
 use crate::inbound::metrics::ListenerMetrics;
+use crate::inbound::progress::StreamTimeouts;
 use crate::inbound::session::{self, End, Session};
 use crate::inbound::Shared;
 use crate::relay;
@@ -58,6 +59,12 @@ pub struct ListenerConfig {
     pub route_fallback: RouteFallback,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// For long streams: the timeouts of a relaying connection (see `progress`).
+    pub streams: StreamTimeouts,
+    /// An access-log line when the connection is established (`end=open`).
+    pub log_open: bool,
+    /// An access-log line every this often while it lasts (`end=progress`).
+    pub log_progress: Option<Duration>,
     pub backlog: u32,
     pub keepalive: Keepalive,
     pub relay: relay::Mode,

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use crate::observe::telemetry::{
-    BYTES, CONNECTIONS, CONNECTIONS_ACTIVE, SESSION_BYTES, SESSION_DURATION, SPLICE_FALLBACKS,
-    VPCE_CONNECTIONS,
+    BYTES, CONNECTIONS, CONNECTIONS_ACTIVE, SESSION_BYTES, SESSION_DURATION, SILENT_GAP_SECONDS,
+    SPLICE_FALLBACKS, VPCE_CONNECTIONS,
 };
 use crate::protocol::vpce::VpceId;
 
@@ -19,6 +19,8 @@ pub struct ListenerMetrics {
     pub bytes_server_to_client: Counter,
     pub duration: Histogram,
     pub session_bytes: Histogram,
+    /// The longest silence of each relayed connection.
+    pub silent_gap: Histogram,
     pub splice_fallbacks: Counter,
     vpce: HashMap<Box<str>, Counter>,
     vpce_other: Counter,
@@ -60,6 +62,7 @@ impl ListenerMetrics {
             bytes_server_to_client: counter!(BYTES, "listener" => l.clone(), "direction" => "server_to_client"),
             duration: histogram!(SESSION_DURATION, "listener" => l.clone()),
             session_bytes: histogram!(SESSION_BYTES, "listener" => l.clone()),
+            silent_gap: histogram!(SILENT_GAP_SECONDS, "listener" => l.clone()),
             splice_fallbacks: counter!(SPLICE_FALLBACKS, "listener" => l.clone()),
             vpce_other: counter!(VPCE_CONNECTIONS, "listener" => l, "vpce" => "other"),
             vpce,

@@ -22,10 +22,12 @@ use crate::inbound::limits::{ClientLimits, ClientPermits, Permit};
 use crate::inbound::listener::ListenerSettings;
 use crate::inbound::preamble::ProxyProtocol;
 use crate::inbound::preamble::{self, ClientIdentity, HandshakeError, Hello};
+use crate::inbound::progress::{Progress, Watched};
+use crate::inbound::registry::{
+    CloseReason, CloseRequested, Connection, Entry, Phase as Stage, Registration,
+};
 use crate::inbound::route::RouteFallback;
 use crate::inbound::Shared;
-use crate::lifecycle::quiet::Quiet;
-use crate::lifecycle::Phase;
 use crate::observe::access_log::Record;
 use crate::observe::telemetry;
 use crate::protocol::proxy_protocol::SendProxy;
@@ -50,6 +52,14 @@ pub enum End {
     ClientError,
     ServerError,
     IdleTimeout,
+    /// No payload from this side for its `idle_timeout_client` / `idle_timeout_server`.
+    IdleSide(Side),
+    /// No payload byte from the server within `first_byte_timeout` of connecting.
+    FirstByteTimeout,
+    /// Open for `max_lifetime`.
+    MaxLifetime,
+    /// Closed through the admin API (`POST /connections/{id}/close`).
+    AdminClosed,
     /// Still open at the end of a drain.
     DrainDeadline,
     /// Refused by an access rule; which one.
@@ -86,7 +96,10 @@ impl End {
             End::ServerReset => "server_reset",
             End::ClientError => "client_error",
             End::ServerError => "server_error",
-            End::IdleTimeout => "idle_timeout",
+            End::IdleTimeout | End::IdleSide(_) => "idle_timeout",
+            End::FirstByteTimeout => "first_byte_timeout",
+            End::MaxLifetime => "max_lifetime",
+            End::AdminClosed => "admin_closed",
             End::DrainDeadline => "drain_deadline",
             End::RefusedRule(_) => "refused_rule",
             End::RefusedLimit(_) => "refused_limit",
@@ -99,7 +112,7 @@ impl End {
         }
     }
 
-    /// The finer reason, for refusals and header errors.
+    /// The finer reason, for refusals, header errors and idle timeouts of one side.
     pub fn detail(self) -> Option<&'static str> {
         match self {
             End::RefusedRule(why)
@@ -108,6 +121,8 @@ impl End {
             | End::TlsHandshakeError(why)
             | End::Unconnected(why)
             | End::UpstreamTls(why) => Some(why),
+            End::IdleSide(Side::Client) => Some("client_silent"),
+            End::IdleSide(Side::Server) => Some("server_silent"),
             _ => None,
         }
     }
@@ -155,6 +170,8 @@ pub struct Session {
     record: Record,
     /// Bytes already added to the listener's byte counters (client → server, server → client).
     published: (u64, u64),
+    /// When it was accepted.
+    started: Instant,
 }
 
 impl Session {
@@ -168,7 +185,6 @@ impl Session {
         shared: Arc<Shared>,
         permits: [Permit; 2],
     ) {
-        let started = Instant::now();
         listener.metrics.active.increment(1.0);
         let record = new_record(&listener, peer);
         let mut session = Session {
@@ -178,6 +194,7 @@ impl Session {
             shared,
             record,
             published: (0, 0),
+            started: Instant::now(),
         };
         let end = session.serve(client).await;
         let Session {
@@ -185,6 +202,7 @@ impl Session {
             shared,
             record,
             published,
+            started,
             ..
         } = session;
         listener.metrics.active.decrement(1.0);
@@ -300,11 +318,11 @@ impl Session {
     fn relay(&mut self, established: Established) -> impl Future<Output = End> + '_ {
         async move {
             let server = Arc::clone(established.lease.server());
-            let keepalive = &established.pool.keepalive;
+            let pool = &*established.pool;
             let end = match (established.client, established.server) {
                 (ClientStream::Plain(client), ServerStream::Plain(server_stream)) => {
                     let mut relay = Relay::new(client, server_stream, self.listener.relay);
-                    let end = self.relay_until_end(&mut relay, &server, keepalive).await;
+                    let end = self.relay_until_end(&mut relay, &server, pool).await;
                     self.record_bytes(relay.bytes());
                     if relay.splice_fallbacks() > 0 {
                         self.listener
@@ -315,15 +333,15 @@ impl Session {
                     end
                 }
                 (ClientStream::Plain(client), ServerStream::Tls(server_stream)) => {
-                    self.relay_buffered(client, server_stream, &server, keepalive)
+                    self.relay_buffered(client, server_stream, &server, pool)
                         .await
                 }
                 (ClientStream::Tls(client), ServerStream::Plain(server_stream)) => {
-                    self.relay_buffered(client, server_stream, &server, keepalive)
+                    self.relay_buffered(client, server_stream, &server, pool)
                         .await
                 }
                 (ClientStream::Tls(client), ServerStream::Tls(server_stream)) => {
-                    self.relay_buffered(client, server_stream, &server, keepalive)
+                    self.relay_buffered(client, server_stream, &server, pool)
                         .await
                 }
             };
@@ -482,7 +500,7 @@ impl Session {
         client: C,
         server_stream: S,
         server: &Server,
-        keepalive: &Keepalive,
+        pool: &Pool,
     ) -> End
     where
         Pooled<C>: Transport,
@@ -493,7 +511,7 @@ impl Session {
             Pooled::new(client, buffer_size),
             Pooled::new(server_stream, buffer_size),
         );
-        let end = self.relay_until_end(&mut relay, server, keepalive).await;
+        let end = self.relay_until_end(&mut relay, server, pool).await;
         self.record_bytes(relay.bytes());
         end
     }
@@ -651,6 +669,16 @@ impl Session {
     }
 }
 
+/// What the relay loop's tick remembers from one tick to the next.
+struct BetweenTicks<'a> {
+    /// The server socket's keepalive options, until set.
+    keepalive: Option<&'a Keepalive>,
+    /// The server socket's local address is still to be read for the connection table.
+    source_unknown: bool,
+    /// When the next `end=progress` line is due (`log_progress`).
+    next_progress_line: Option<Instant>,
+}
+
 /// The client's side of a connection: as accepted, or with TLS terminated here.
 enum ClientStream {
     Plain(TcpStream),
@@ -703,58 +731,147 @@ impl Session {
         &mut self,
         relay: &mut impl Running,
         server: &Server,
-        keepalive: &Keepalive,
+        pool: &Pool,
     ) -> End {
-        let (listener, shared) = (Arc::clone(&self.listener), Arc::clone(&self.shared));
+        let listener = Arc::clone(&self.listener);
+        let config = &listener.config;
         let already_sent = self.record.bytes_client_to_server;
-        let idle_timeout = listener.config.idle_timeout;
-        let tick = (idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(5));
-        // The server socket's keepalive options (five system calls) wait for the first tick,
-        // at most a second in: most short connections are over by then, and a long one has
-        // them well before a probe or TCP_USER_TIMEOUT could be due.
-        let mut keepalive = keepalive.idle.is_some().then_some(keepalive);
+        let tick = config
+            .streams
+            .tick(config.idle_timeout, config.log_progress);
         let start = tokio::time::Instant::now();
+        // In the live-connection table while it relays: listed for the admin API, and closed
+        // through it by the admin or at the drain deadline.
+        let registration = self.register(server, pool, start.into_std());
+        let entry = registration.as_ref().map(Registration::entry);
+        let mut between = BetweenTicks {
+            // The server socket's keepalive options (five system calls) wait for the first
+            // tick, at most a second in: most short connections are over by then, and a long
+            // one has them well before a probe or TCP_USER_TIMEOUT could be due. So does
+            // reading the socket's own address for the connection table.
+            keepalive: pool.keepalive.idle.is_some().then_some(&pool.keepalive),
+            source_unknown: entry.is_some(),
+            next_progress_line: config.log_progress.map(|every| self.started + every),
+        };
         let mut ticker = tokio::time::interval_at(start + tick.min(KEEPALIVE_AFTER), tick);
-        let mut active_at = start;
-        let mut last_bytes = (0, 0);
-        let mut phase = shared.phase.subscribe();
-        let drain = Arc::clone(&shared);
-        let mut drain_deadline = Quiet::new(async move {
-            if phase.wait_for(|p| *p >= Phase::Closing).await.is_ok() {
-                // Spread closes so the clients of a draining relay don't all reconnect at once.
-                let spread = drain.close_spread();
-                tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        });
+        if let Some(entry) = entry {
+            entry.set_mode(relay.mode());
+        }
+        if config.log_open {
+            self.log_event("open", (already_sent, 0));
+        }
         let mut server_down = server.close_signal();
-        loop {
+        let mut close_requested = match entry {
+            Some(entry) => entry.close_requested(),
+            None => CloseRequested::never(),
+        };
+        let mut watched = Watched::new(
+            relay,
+            start.into_std(),
+            already_sent,
+            entry,
+            &pool.metrics.first_byte,
+        );
+        let end = loop {
             tokio::select! {
                 biased;
-                ended = &mut *relay => return end_of(ended),
+                ended = &mut watched => break end_of(ended),
                 now = ticker.tick() => {
-                    if let Some(keepalive) = keepalive.take() {
-                        let socket = SockRef::from(relay.server_socket());
-                        if let Err(e) = sockopt::set_keepalive(&socket, keepalive) {
-                            tracing::debug!(server = %server.addr, "keepalive options: {e}");
-                        }
-                    }
-                    let bytes = relay.bytes();
-                    if bytes == last_bytes {
-                        if now.duration_since(active_at) >= idle_timeout {
-                            return End::IdleTimeout;
-                        }
-                    } else {
-                        active_at = now;
-                        last_bytes = bytes;
-                        self.publish_bytes(already_sent + bytes.0, bytes.1);
+                    let (relay, progress) = (&*watched.relay, &watched.progress);
+                    let ticked = self.on_tick(&mut between, now.into_std(), relay, progress, entry, server);
+                    if let Some(end) = ticked {
+                        break end;
                     }
                 }
-                _ = &mut drain_deadline => return End::DrainDeadline,
-                _ = &mut server_down => return End::ServerDown,
+                _ = &mut server_down => break End::ServerDown,
+                reason = &mut close_requested => break match reason {
+                    CloseReason::Admin => End::AdminClosed,
+                    CloseReason::Drain => End::DrainDeadline,
+                },
+            }
+        };
+        let silence = watched.progress.longest_silence(Instant::now());
+        listener.metrics.silent_gap.record(silence.as_secs_f64());
+        end
+    }
+
+    /// Enters the connection in the live-connection table, as it starts relaying at `now`.
+    fn register(&self, server: &Server, pool: &Pool, now: Instant) -> Option<Registration> {
+        let connection = Connection {
+            listener: Arc::clone(&self.listener.name),
+            started: self.started,
+            client: self.record.client,
+            vpce: self.record.vpce.clone(),
+            sni: self.record.sni.clone(),
+            pool: Arc::clone(&pool.name),
+            server: Arc::clone(&server.name),
+            server_addr: server.addr,
+        };
+        self.shared.registry.register(connection, now)
+    }
+
+    /// The relay loop's tick: socket options once the connection has lasted a moment, the
+    /// connection table's slower figures, the byte counters, the timeouts (the end, if one has
+    /// passed), the progress line when due.
+    fn on_tick(
+        &mut self,
+        between: &mut BetweenTicks<'_>,
+        now: Instant,
+        relay: &impl Running,
+        progress: &Progress,
+        entry: Option<&Entry>,
+        server: &Server,
+    ) -> Option<End> {
+        if let Some(keepalive) = between.keepalive.take() {
+            let socket = SockRef::from(relay.server_socket());
+            if let Err(e) = sockopt::set_keepalive(&socket, keepalive) {
+                tracing::debug!(server = %server.addr, "keepalive options: {e}");
             }
         }
+        let done = relay.done();
+        if let Some(entry) = entry {
+            if std::mem::take(&mut between.source_unknown) {
+                if let Ok(source) = relay.server_socket().local_addr() {
+                    entry.set_source(source);
+                }
+            }
+            entry.set_phase(Stage::of(done));
+            entry.set_mode(relay.mode());
+        }
+        let bytes = (
+            self.record.bytes_client_to_server + progress.bytes.0,
+            progress.bytes.1,
+        );
+        self.publish_bytes(bytes.0, bytes.1);
+        let config = &self.listener.config;
+        if let Some(end) =
+            config
+                .streams
+                .check(now, self.started, config.idle_timeout, progress, done)
+        {
+            return Some(end);
+        }
+        if let Some((due, every)) = between.next_progress_line.zip(config.log_progress) {
+            if now >= due {
+                // The next one an interval on; lines a held-up worker missed are not made up.
+                let next = due + every;
+                between.next_progress_line = Some(if next > now { next } else { now + every });
+                self.log_event("progress", bytes);
+            }
+        }
+        None
+    }
+
+    /// An access-log line for a connection still open (`end=open`, `end=progress`): what is
+    /// known of it, the bytes so far, its age as `duration_ms`.
+    fn log_event(&self, event: &'static str, (to_server, to_client): (u64, u64)) {
+        let mut record = self.record.clone();
+        record.duration = self.started.elapsed();
+        record.bytes_client_to_server = to_server;
+        record.bytes_server_to_client = to_client;
+        record.end = event;
+        record.detail = None;
+        self.shared.access_log.log(record);
     }
 
     /// Records what a finished relay moved, after the bytes sent before it (the ClientHello).

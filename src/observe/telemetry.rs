@@ -22,6 +22,8 @@ pub const BYTES: &str = "l4relay_bytes_total";
 pub const VPCE_CONNECTIONS: &str = "l4relay_vpce_connections_total";
 pub const SESSION_DURATION: &str = "l4relay_session_duration_seconds";
 pub const SESSION_BYTES: &str = "l4relay_session_bytes";
+pub const FIRST_BYTE_SECONDS: &str = "l4relay_first_byte_seconds";
+pub const SILENT_GAP_SECONDS: &str = "l4relay_silent_gap_seconds";
 pub const UPSTREAM_CONNECTIONS: &str = "l4relay_upstream_connections_total";
 pub const UPSTREAM_CONNECT_SECONDS: &str = "l4relay_upstream_connect_seconds";
 pub const UPSTREAM_RETRIES: &str = "l4relay_upstream_retries_total";
@@ -96,6 +98,16 @@ pub const CONNECT_BUCKETS: &[f64] = &[
 pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
 ];
+/// Time from connect to the server's first payload byte: 1 ms (a TLS ServerHello nearby) to
+/// 2 min (a model thinking before its first token, where the relay sees plaintext).
+pub const FIRST_BYTE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// The longest silence of a connection: 10 ms to 1 h, with the NLB's default idle timeout
+/// (350 s) as a bound, so "silent longer than the NLB allows" is one bucket away.
+pub const SILENCE_BUCKETS: &[f64] = &[
+    0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 350.0, 600.0, 900.0, 1800.0, 3600.0,
+];
 /// Bytes per session, both directions together: 100 B to 1 GiB.
 pub const BYTES_BUCKETS: &[f64] = &[
     100.0,
@@ -122,6 +134,12 @@ pub fn install(enabled: bool) -> Option<PrometheusHandle> {
             b.set_buckets_for_metric(Matcher::Full(SESSION_DURATION.into()), DURATION_BUCKETS)
         })
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SESSION_BYTES.into()), BYTES_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(FIRST_BYTE_SECONDS.into()), FIRST_BYTE_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(SILENT_GAP_SECONDS.into()), SILENCE_BUCKETS)
+        })
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(HEALTH_CHECK_SECONDS.into()), CONNECT_BUCKETS)
         });
@@ -166,6 +184,16 @@ fn describe() {
         SESSION_BYTES,
         Unit::Bytes,
         "Bytes per relayed connection, both directions."
+    );
+    describe_histogram!(
+        FIRST_BYTE_SECONDS,
+        Unit::Seconds,
+        "Time from connecting to the server to its first payload byte (connections it answered)."
+    );
+    describe_histogram!(
+        SILENT_GAP_SECONDS,
+        Unit::Seconds,
+        "The longest time without a payload byte either way, per relayed connection (its last silence included)."
     );
     describe_counter!(
         UPSTREAM_CONNECTIONS,

@@ -98,6 +98,11 @@ impl Direction {
         self.done
     }
 
+    /// On the splice path (from the start, or since auto mode saw bulk data).
+    pub fn is_splicing(&self) -> bool {
+        self.path == Path::Splice
+    }
+
     fn pending(&self) -> usize {
         match &self.held {
             Held::Nothing => 0,

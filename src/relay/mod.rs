@@ -71,6 +71,12 @@ pub trait Running: Future<Output = Ended> + Unpin {
 
     /// The TCP socket to the server (under TLS, if any), for options set while relaying.
     fn server_socket(&self) -> &TcpStream;
+
+    /// Which directions have ended, their FIN passed on: (client → server, server → client).
+    fn done(&self) -> (bool, bool);
+
+    /// How bytes move now: "splice", "copy", or "tls" (the buffered relay).
+    fn mode(&self) -> &'static str;
 }
 
 pub struct Relay {
@@ -118,6 +124,21 @@ impl Running for Relay {
 
     fn server_socket(&self) -> &TcpStream {
         &self.server
+    }
+
+    fn done(&self) -> (bool, bool) {
+        (
+            self.client_to_server.is_done(),
+            self.server_to_client.is_done(),
+        )
+    }
+
+    fn mode(&self) -> &'static str {
+        if self.client_to_server.is_splicing() || self.server_to_client.is_splicing() {
+            "splice"
+        } else {
+            "copy"
+        }
     }
 }
 

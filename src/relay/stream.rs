@@ -201,6 +201,17 @@ impl<C: Transport, S: Transport> Running for StreamRelay<C, S> {
     fn server_socket(&self) -> &TcpStream {
         self.server.socket()
     }
+
+    fn done(&self) -> (bool, bool) {
+        (
+            self.client_to_server.is_done(),
+            self.server_to_client.is_done(),
+        )
+    }
+
+    fn mode(&self) -> &'static str {
+        "tls"
+    }
 }
 
 /// A stream read through a buffer borrowed from this thread's pool, held only while it has

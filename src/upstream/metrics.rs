@@ -4,7 +4,7 @@
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use crate::observe::telemetry::{
-    CHECK_RESULTS, DNS_ADDRESSES, DNS_RESOLUTIONS, DNS_RESULTS, HEALTH_CHECKS,
+    CHECK_RESULTS, DNS_ADDRESSES, DNS_RESOLUTIONS, DNS_RESULTS, FIRST_BYTE_SECONDS, HEALTH_CHECKS,
     HEALTH_CHECK_SECONDS, SERVER_ACTIVE, SERVER_STATE, SERVER_STATES, SERVER_UP,
     SOURCE_CONNECTIONS, UPSTREAM_CONNECTIONS, UPSTREAM_CONNECT_SECONDS, UPSTREAM_RETRIES,
 };
@@ -73,6 +73,8 @@ impl ServerMetrics {
 /// What a pool's connects, health checks and resolutions are counted under.
 pub struct PoolMetrics {
     pub connect_time: Histogram,
+    /// From connect to the server's first payload byte.
+    pub first_byte: Histogram,
     pub retries: Counter,
     pub check_time: Histogram,
     dns: [Counter; DNS_RESULTS.len()],
@@ -82,6 +84,7 @@ impl PoolMetrics {
     pub fn new(pool: &str) -> PoolMetrics {
         PoolMetrics {
             connect_time: histogram!(UPSTREAM_CONNECT_SECONDS, "pool" => pool.to_string()),
+            first_byte: histogram!(FIRST_BYTE_SECONDS, "pool" => pool.to_string()),
             retries: counter!(UPSTREAM_RETRIES, "pool" => pool.to_string()),
             check_time: histogram!(HEALTH_CHECK_SECONDS, "pool" => pool.to_string()),
             dns: DNS_RESULTS

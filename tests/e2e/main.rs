@@ -34,6 +34,8 @@ mod dashboard;
 mod lifecycle;
 mod logging;
 mod observability;
+mod status_page;
+mod streams;
 
 // The README's promises that had no test of their own (issue 21, item 13).
 mod promises_dns;
