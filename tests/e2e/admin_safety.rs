@@ -79,20 +79,20 @@ async fn reload(relay: &mut RelayProcess) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_rotation_by_sighup() {
     let (server, _) = echo_server().await;
-    let (listen, admin) = (listen_addr(), listen_addr());
     let dir = scratch_dir("token");
     let token_file = dir.join("admin.token");
     write_private(&token_file, &format!("{OLD_TOKEN}\n"));
-    let text = with_admin(
-        listen,
-        server,
-        "",
-        &format!(
-            "listen = \"{admin}\"\ntoken_file = \"{}\"",
-            token_file.display()
-        ),
-    );
-    let mut relay = RelayProcess::start(&text);
+    let (mut relay, [_, admin]) = start_relay(|[listen, admin]| {
+        with_admin(
+            listen,
+            server,
+            "",
+            &format!(
+                "listen = \"{admin}\"\ntoken_file = \"{}\"",
+                token_file.display()
+            ),
+        )
+    });
     assert_eq!(post(admin, Some(OLD_TOKEN)).await, 200);
     assert_eq!(post(admin, Some(NEW_TOKEN)).await, 401);
     assert_eq!(post(admin, None).await, 401);
@@ -136,14 +136,21 @@ async fn token_rotation_by_sighup() {
 async fn reload_refuses_what_needs_a_restart() {
     let (first, _) = named_server("first").await;
     let (second, _) = named_server("second").await;
-    let (listen, admin) = (listen_addr(), listen_addr());
-    let base = |server: SocketAddr, global: &str, listener: &str| {
+    let with = |listen: SocketAddr,
+                admin: SocketAddr,
+                server: SocketAddr,
+                global: &str,
+                listener: &str| {
         config(listen, &[server], listener, "").replace(
             "[admin]\nlisten = \"off\"\n",
             &format!("[global]\nworkers = 2\n{global}\n\n[admin]\nlisten = \"{admin}\"\n"),
         )
     };
-    let mut relay = RelayProcess::start(&base(first, "", ""));
+    let (mut relay, [listen, admin]) =
+        start_relay(|[listen, admin]| with(listen, admin, first, "", ""));
+    let base = |server: SocketAddr, global: &str, listener: &str| {
+        with(listen, admin, server, global, listener)
+    };
     assert_eq!(which_server(listen).await.1, "first");
 
     // Each start-only key with a live change beside it: the whole reload is refused, each key
@@ -194,14 +201,11 @@ async fn reload_refuses_what_needs_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_moves_the_admin_listeners() {
     let (server, _) = echo_server().await;
-    let (listen, admin, moved, health) =
-        (listen_addr(), listen_addr(), listen_addr(), listen_addr());
-    let mut relay = RelayProcess::start(&with_admin(
-        listen,
-        server,
-        "",
-        &format!("listen = \"{admin}\""),
-    ));
+    let (mut relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        with_admin(listen, server, "", &format!("listen = \"{admin}\""))
+    });
+    // Bound only by the reload below, which cannot pick again: chosen as late as possible.
+    let (moved, health) = (listen_addr(), listen_addr());
     assert_eq!(get_status(admin).await["phase"], "running");
 
     relay
@@ -242,13 +246,14 @@ async fn admin_connections_are_capped() {
     const CAP: usize = 64;
     const IDLE: usize = 100;
     let (server, _) = echo_server().await;
-    let (listen, admin, health) = (listen_addr(), listen_addr(), listen_addr());
-    let _relay = RelayProcess::start(&with_admin(
-        listen,
-        server,
-        "",
-        &format!("listen = \"{admin}\"\nhealth_listen = \"{health}\""),
-    ));
+    let (_relay, [_, admin, health]) = start_relay(|[listen, admin, health]| {
+        with_admin(
+            listen,
+            server,
+            "",
+            &format!("listen = \"{admin}\"\nhealth_listen = \"{health}\""),
+        )
+    });
 
     // Idle connections that send nothing: the first CAP are held (until the request deadline),
     // the rest are answered 503 at once and closed.
@@ -301,13 +306,14 @@ async fn futures_all<F: std::future::Future<Output = String> + Send + 'static>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_and_origin_checks_keep_browsers_out() {
     let (server, _) = echo_server().await;
-    let (listen, admin, health) = (listen_addr(), listen_addr(), listen_addr());
-    let _relay = RelayProcess::start(&with_admin(
-        listen,
-        server,
-        "",
-        &format!("listen = \"{admin}\"\nhealth_listen = \"{health}\"\nhost_names = [\"relay-1.internal\"]"),
-    ));
+    let (_relay, [_, admin, health]) = start_relay(|[listen, admin, health]| {
+        with_admin(
+            listen,
+            server,
+            "",
+            &format!("listen = \"{admin}\"\nhealth_listen = \"{health}\"\nhost_names = [\"relay-1.internal\"]"),
+        )
+    });
     let get = |addr: SocketAddr, path: &'static str, host: &'static str| async move {
         let host = if host.is_empty() {
             String::new()
@@ -429,13 +435,13 @@ fn check_says_the_posts_are_off_off_loopback_without_a_token() {
 async fn the_container_config_leaves_no_state_change_open() {
     // The image's config as it stands, on addresses of this test's own.
     let (server, _) = echo_server().await;
-    let (listen, admin_port) = (listen_addr(), listen_addr().port());
-    let text = container_config()
-        .replace("0.0.0.0:9090", &format!("0.0.0.0:{admin_port}"))
-        .replace("127.0.0.1:8443", &listen.to_string())
-        .replace("127.0.0.1:9000", &server.to_string());
-    let relay = RelayProcess::start(&text);
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let (relay, [_, admin]) = start_relay(|[listen, admin]| {
+        container_config()
+            .replace("0.0.0.0:9090", &format!("0.0.0.0:{}", admin.port()))
+            .replace("127.0.0.1:8443", &listen.to_string())
+            .replace("127.0.0.1:9000", &server.to_string())
+    });
+    let admin: SocketAddr = format!("127.0.0.1:{}", admin.port()).parse().unwrap();
     let (code, body) = admin_request(admin, "POST", "/pools/local/servers/echo/drain", None).await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("the POST endpoints are off"), "{body}");

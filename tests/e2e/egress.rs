@@ -49,19 +49,25 @@ async fn server_state(admin: SocketAddr) -> String {
 async fn out_of_descriptors_the_server_stays_up_and_service_comes_back() {
     raise_nofile(4096);
     let (server, _) = echo_server().await;
-    let (main, idle, admin) = (listen_addr(), listen_addr(), listen_addr());
     // "idle" holds descriptors the way idle connections to a health listener do: accepted,
     // waiting for a PROXY header that never comes.
-    let text = format!(
-        "[global]\nworkers = 1\n\n[admin]\nlisten = \"{admin}\"\n\n\
-         [[listener]]\nname = \"main\"\nlisten = \"{main}\"\npool = \"p\"\n\n\
-         [[listener]]\nname = \"idle\"\nlisten = \"{idle}\"\npool = \"p\"\nproxy_protocol = \"v1\"\n\
-         allow = [\"127.0.0.0/8\"]\nhandshake_timeout = \"60s\"\n\n\
-         [[pool]]\nname = \"p\"\nconnect_timeout = \"2s\"\nretries = 2\n\
-         \x20 [[pool.server]]\n  name = \"echo\"\n  address = \"{server}\"\n\
-         \x20 [pool.health]\n  check = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"500ms\"\n  rise = 1\n  fall = 2\n  passive_fall = 3\n"
+    let (mut relay, [main, idle, admin]) = start_relay_with(
+        Launch {
+            shell_prefix: Some("ulimit -n 96"),
+            envs: &[],
+        },
+        |[main, idle, admin]| {
+            format!(
+                "[global]\nworkers = 1\n\n[admin]\nlisten = \"{admin}\"\n\n\
+                 [[listener]]\nname = \"main\"\nlisten = \"{main}\"\npool = \"p\"\n\n\
+                 [[listener]]\nname = \"idle\"\nlisten = \"{idle}\"\npool = \"p\"\nproxy_protocol = \"v1\"\n\
+                 allow = [\"127.0.0.0/8\"]\nhandshake_timeout = \"60s\"\n\n\
+                 [[pool]]\nname = \"p\"\nconnect_timeout = \"2s\"\nretries = 2\n\
+                 \x20 [[pool.server]]\n  name = \"echo\"\n  address = \"{server}\"\n\
+                 \x20 [pool.health]\n  check = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"500ms\"\n  rise = 1\n  fall = 2\n  passive_fall = 3\n"
+            )
+        },
     );
-    let mut relay = RelayProcess::start_with_shell_prefix(&text, Some("ulimit -n 96"));
     assert!(
         eventually_async(STEP_LIMIT, || server_state(admin), |s| s == "up").await,
         "the server never came up"
@@ -221,15 +227,15 @@ async fn a_tls_server_that_never_reads_the_handshake_costs_one_connect_timeout()
             held.push(stream);
         }
     });
-    let (listen, admin) = (listen_addr(), listen_addr());
-    let text = format!(
-        "[admin]\nlisten = \"{admin}\"\n\n\
-         [[listener]]\nname = \"l\"\nlisten = \"{listen}\"\npool = \"p\"\n\n\
-         [[pool]]\nname = \"p\"\nconnect_timeout = \"500ms\"\nretries = 0\nsend_proxy = \"v2\"\n\
-         \x20 [pool.tls]\n  verify = false\n\
-         \x20 [[pool.server]]\n  name = \"mute\"\n  address = \"{server}\"\n"
-    );
-    let relay = RelayProcess::start(&text);
+    let (relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n\n\
+             [[listener]]\nname = \"l\"\nlisten = \"{listen}\"\npool = \"p\"\n\n\
+             [[pool]]\nname = \"p\"\nconnect_timeout = \"500ms\"\nretries = 0\nsend_proxy = \"v2\"\n\
+             \x20 [pool.tls]\n  verify = false\n\
+             \x20 [[pool.server]]\n  name = \"mute\"\n  address = \"{server}\"\n"
+        )
+    });
     let started = Instant::now();
     let (client, stream) = open("127.0.0.1", listen).await;
     let mut stream = stream.expect("connect to the relay");
@@ -299,14 +305,14 @@ async fn read_line(stream: &mut TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_spread_over_the_source_addresses() {
     let server = tell_peer_server().await;
-    let (listen, admin) = (listen_addr(), listen_addr());
-    let text = format!(
-        "[admin]\nlisten = \"{admin}\"\n\n\
-         [[listener]]\nname = \"l\"\nlisten = \"{listen}\"\npool = \"p\"\n\n\
-         [[pool]]\nname = \"p\"\nsource = [\"127.0.0.2\", \"127.0.0.3\"]\n\
-         \x20 [[pool.server]]\n  name = \"s\"\n  address = \"{server}\"\n"
-    );
-    let _relay = RelayProcess::start(&text);
+    let (_relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n\n\
+             [[listener]]\nname = \"l\"\nlisten = \"{listen}\"\npool = \"p\"\n\n\
+             [[pool]]\nname = \"p\"\nsource = [\"127.0.0.2\", \"127.0.0.3\"]\n\
+             \x20 [[pool.server]]\n  name = \"s\"\n  address = \"{server}\"\n"
+        )
+    });
     let mut held = Vec::new();
     let mut from = Vec::new();
     for _ in 0..10 {
@@ -387,16 +393,16 @@ async fn allowlisting_server() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_the_firewall_refuses_is_named_and_left_out_the_server_stays_up() {
     let server = allowlisting_server().await;
-    let (listen, admin) = (listen_addr(), listen_addr());
-    let text = format!(
-        "[admin]\nlisten = \"{admin}\"\n\n\
-         [[listener]]\nname = \"l\"\nlisten = \"{listen}\"\npool = \"p\"\n\n\
-         [[pool]]\nname = \"p\"\nsource = [\"127.0.0.2\", \"127.0.0.3\"]\n\
-         \x20 [[pool.server]]\n  name = \"aoai\"\n  address = \"{server}\"\n\
-         \x20 [pool.health]\n  check = \"http\"\n  path = \"/openai/models\"\n  statuses = [\"200\"]\n\
-         \x20 firewall_statuses = [\"403\"]\n  interval = \"100ms\"\n  rise = 2\n  fall = 2\n"
-    );
-    let relay = RelayProcess::start(&text);
+    let (relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n\n\
+             [[listener]]\nname = \"l\"\nlisten = \"{listen}\"\npool = \"p\"\n\n\
+             [[pool]]\nname = \"p\"\nsource = [\"127.0.0.2\", \"127.0.0.3\"]\n\
+             \x20 [[pool.server]]\n  name = \"aoai\"\n  address = \"{server}\"\n\
+             \x20 [pool.health]\n  check = \"http\"\n  path = \"/openai/models\"\n  statuses = [\"200\"]\n\
+             \x20 firewall_statuses = [\"403\"]\n  interval = \"100ms\"\n  rise = 2\n  fall = 2\n"
+        )
+    });
     let settled = |status: &serde_json::Value| {
         let server = &pool_json(status, "p")["servers"][0];
         let sources = &server["sources"];

@@ -73,7 +73,6 @@ async fn through(listen: SocketAddr, bytes: &[u8]) -> (String, String, Vec<u8>) 
 async fn oversize_client_hello_follows_route_fallback() {
     let (routed, routed_accepted) = named_server("routed").await;
     let (default, _) = named_server("default").await;
-    let (lenient, strict) = (listen_addr(), listen_addr());
     let routes = "[[listener.route]]\nserver_names = [\"api.example.com\"]\npool = \"routed\"\n";
     let listener = |name: &str, addr: SocketAddr, fallback: &str| {
         format!("[[listener]]\nname = \"{name}\"\nlisten = \"{addr}\"\npool = \"default\"\nroute_fallback = \"{fallback}\"\n{routes}\n")
@@ -81,14 +80,16 @@ async fn oversize_client_hello_follows_route_fallback() {
     let pool = |name: &str, server: SocketAddr| {
         format!("[[pool]]\nname = \"{name}\"\n  [[pool.server]]\n  address = \"{server}\"\n\n")
     };
-    let relay = RelayProcess::start(&assemble_config(
-        None,
-        &[
-            listener("lenient", lenient, "pool"),
-            listener("strict", strict, "refuse"),
-        ],
-        &[pool("default", default), pool("routed", routed)],
-    ));
+    let (relay, [lenient, strict]) = start_relay(|[lenient, strict]| {
+        assemble_config(
+            None,
+            &[
+                listener("lenient", lenient, "pool"),
+                listener("strict", strict, "refuse"),
+            ],
+            &[pool("default", default), pool("routed", routed)],
+        )
+    });
 
     // Within the limit, a padded ClientHello routes by its name.
     let fits = client_hello("api.example.com", PEEK_LIMIT - 200);
@@ -156,12 +157,11 @@ async fn readyz(admin: SocketAddr) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_at_the_process_limit_with_hysteresis() {
     let (server, _) = echo_server().await;
-    let (listen, admin) = (listen_addr(), listen_addr());
-    let relay = RelayProcess::start(
-        &config(listen, &[server], "", "")
+    let (relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        config(listen, &[server], "", "")
             .replace("listen = \"off\"", &format!("listen = \"{admin}\""))
-            .replace("[admin]", "[global]\nmax_connections = 40\n\n[admin]"),
-    );
+            .replace("[admin]", "[global]\nmax_connections = 40\n\n[admin]")
+    });
     let mut held = Vec::new();
     for i in 0..39u8 {
         let mut stream = connect(listen).await;

@@ -456,15 +456,15 @@ async fn metric_reaches(admin: SocketAddr, name: &str, want: f64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_reach_the_new_file_after_sigusr1() {
     let (server, _) = echo_server().await;
-    let listen = listen_addr();
     let dir = scratch_dir("logging-rotate");
     let path = dir.join("access.log");
-    let config = format!(
-        "[global]\nworkers = 2\naccess_log = \"{}\"\n\n{}",
-        path.display(),
-        config(listen, &[server], "", "")
-    );
-    let relay = RelayProcess::start(&config);
+    let (relay, [listen]) = start_relay(|[listen]| {
+        format!(
+            "[global]\nworkers = 2\naccess_log = \"{}\"\n\n{}",
+            path.display(),
+            config(listen, &[server], "", "")
+        )
+    });
     let lines = |p: &Path| {
         std::fs::read_to_string(p)
             .unwrap_or_default()
@@ -512,13 +512,13 @@ async fn lines_reach_the_new_file_after_sigusr1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_relay_shows_its_lines_within_the_flush_interval() {
     let (server, _) = echo_server().await;
-    let listen = listen_addr();
     // The default interval, written out so the test helper leaves it alone.
-    let config = format!(
-        "[global]\naccess_log_flush = \"1s\"\n\n{}",
-        config(listen, &[server], "", "")
-    );
-    let mut relay = RelayProcess::start(&config);
+    let (mut relay, [listen]) = start_relay(|[listen]| {
+        format!(
+            "[global]\naccess_log_flush = \"1s\"\n\n{}",
+            config(listen, &[server], "", "")
+        )
+    });
     assert!(echo(listen, b"one", Duration::from_secs(5)).await);
     let closed = Instant::now();
     // Generous against a loaded machine; what matters is that the line comes while the relay
@@ -544,13 +544,13 @@ async fn an_idle_relay_shows_its_lines_within_the_flush_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_held_at_exit_are_written() {
     let (server, _) = echo_server().await;
-    let listen = listen_addr();
-    let config = format!(
-        "[global]\nworkers = 2\naccess_log_flush = \"60s\"\n\n\
-         [drain]\nannounce = \"0s\"\ndeadline = \"5s\"\nclose_spread = \"0s\"\n\n{}",
-        config(listen, &[server], "", "")
-    );
-    let mut relay = RelayProcess::start(&config);
+    let (mut relay, [listen]) = start_relay(|[listen]| {
+        format!(
+            "[global]\nworkers = 2\naccess_log_flush = \"60s\"\n\n\
+             [drain]\nannounce = \"0s\"\ndeadline = \"5s\"\nclose_spread = \"0s\"\n\n{}",
+            config(listen, &[server], "", "")
+        )
+    });
     const N: usize = 7;
     for _ in 0..N {
         assert!(echo(listen, b"held", Duration::from_secs(5)).await);

@@ -67,8 +67,7 @@ async fn iperf_client(relay: SocketAddr, reverse: bool) -> serde_json::Value {
 async fn iperf3_through_the_relay_in_both_directions_delivers_every_byte() {
     let dir = crate::peers::Scratch::new("interop-iperf");
     let (_server, server) = iperf_server(&dir).await;
-    let listen = listen_addr();
-    let relay = RelayProcess::start(&config(listen, &[server], "", ""));
+    let (relay, [listen]) = start_relay(|[listen]| config(listen, &[server], "", ""));
 
     for reverse in [false, true] {
         let mark = log_mark(&relay);
@@ -171,8 +170,7 @@ async fn curl_uploads_to_and_downloads_from_nginx_through_the_relay_byte_for_byt
         )
     })
     .await;
-    let listen = listen_addr();
-    let relay = RelayProcess::start(&config(listen, &[addrs[0]], "", ""));
+    let (relay, [listen]) = start_relay(|[listen]| config(listen, &[addrs[0]], "", ""));
 
     let ran = curl(&[
         "--fail",

@@ -166,11 +166,12 @@ fn relay(
     port: u16,
     pool_extra: &str,
 ) -> (RelayProcess, SocketAddr, SocketAddr) {
-    let (admin, listen) = (listen_addr(), listen_addr());
-    let config = format!(
-        "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\nnameservers = [\"{dns}\"]\ndns_timeout = \"500ms\"\ndns_min_ttl = \"200ms\"\n{pool_extra}\n  [pool.health]\n  check = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"100ms\"\n  rise = 1\n  fall = 1\n  [[pool.server]]\n  name = \"svc\"\n  address = \"{host}:{port}\"\n"
-    );
-    (RelayProcess::start(&config), admin, listen)
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\nnameservers = [\"{dns}\"]\ndns_timeout = \"500ms\"\ndns_min_ttl = \"200ms\"\n{pool_extra}\n  [pool.health]\n  check = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"100ms\"\n  rise = 1\n  fall = 1\n  [[pool.server]]\n  name = \"svc\"\n  address = \"{host}:{port}\"\n"
+        )
+    });
+    (relay, admin, listen)
 }
 
 /// The DNS entry of server "svc" in /status.

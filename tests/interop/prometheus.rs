@@ -87,10 +87,11 @@ async fn wait_for(web: SocketAddr, promql: &str, wanted: f64) {
 async fn prometheus_scrapes_metrics_and_its_api_returns_the_connection_counter() {
     let dir = crate::peers::Scratch::new("interop-prometheus");
     let (echo, _) = echo_server().await;
-    let (admin, listen) = (listen_addr(), listen_addr());
-    let relay = RelayProcess::start(&format!(
-        "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n  [[pool.server]]\n  name = \"echo\"\n  address = \"{echo}\"\n"
-    ));
+    let (relay, [admin, listen]) = start_relay(|[admin, listen]| {
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n  [[pool.server]]\n  name = \"echo\"\n  address = \"{echo}\"\n"
+        )
+    });
     for i in 0..CONNECTIONS {
         let mut stream = connect(listen).await;
         let message = format!("hello {i}");

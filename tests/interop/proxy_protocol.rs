@@ -167,12 +167,14 @@ async fn haproxy_to_l4relay_to_nginx_keeps_the_client_address_and_the_vpc_endpoi
     })
     .await;
 
-    let (listen, classic, direct) = (listen_addr(), listen_addr(), listen_addr());
-    let (admin, health) = (listen_addr(), listen_addr());
-    let relay = RelayProcess::start(&format!(
-        "[admin]\nlisten = \"{admin}\"\nhealth_listen = \"{health}\"\n\n[[listener]]\nname = \"nlb\"\nlisten = \"{listen}\"\npool = \"nginx\"\nproxy_protocol = \"v2\"\n\n[[listener]]\nname = \"classic\"\nlisten = \"{classic}\"\npool = \"nginx\"\nproxy_protocol = \"v1\"\n\n[[listener]]\nname = \"direct\"\nlisten = \"{direct}\"\npool = \"nginx_v1\"\n\n[[pool]]\nname = \"nginx\"\nsend_proxy = \"v2\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{nginx}\"\n\n[[pool]]\nname = \"nginx_v1\"\nsend_proxy = \"v1\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{nginx}\"\n",
-        nginx = nginx_addrs[0]
-    ));
+    let (relay, [listen, classic, direct, _admin, health]) = start_relay(
+        |[listen, classic, direct, admin, health]| {
+            format!(
+                "[admin]\nlisten = \"{admin}\"\nhealth_listen = \"{health}\"\n\n[[listener]]\nname = \"nlb\"\nlisten = \"{listen}\"\npool = \"nginx\"\nproxy_protocol = \"v2\"\n\n[[listener]]\nname = \"classic\"\nlisten = \"{classic}\"\npool = \"nginx\"\nproxy_protocol = \"v1\"\n\n[[listener]]\nname = \"direct\"\nlisten = \"{direct}\"\npool = \"nginx_v1\"\n\n[[pool]]\nname = \"nginx\"\nsend_proxy = \"v2\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{nginx}\"\n\n[[pool]]\nname = \"nginx_v1\"\nsend_proxy = \"v1\"\n  [[pool.server]]\n  name = \"nginx\"\n  address = \"{nginx}\"\n",
+                nginx = nginx_addrs[0]
+            )
+        },
+    );
     let (mut haproxy, fronts) = haproxy(&dir, (listen, classic), health).await;
     // HAProxy's health checks, each with a PROXY v2 header before the request, pass.
     haproxy

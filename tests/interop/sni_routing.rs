@@ -32,7 +32,6 @@ async fn curl_reaches_two_nginx_tls_servers_by_name_and_unknown_names_follow_rou
     })
     .await;
 
-    let (to_pool, refuse) = (listen_addr(), listen_addr());
     let listener = |name: &str, addr: SocketAddr, fallback: &str| {
         format!(
             "[[listener]]\nname = \"{name}\"\nlisten = \"{addr}\"\npool = \"default\"\nroute_fallback = \"{fallback}\"\n  [[listener.route]]\n  server_names = [\"a.test\"]\n  pool = \"a\"\n  [[listener.route]]\n  server_names = [\"b.test\"]\n  pool = \"b\"\n\n"
@@ -45,14 +44,16 @@ async fn curl_reaches_two_nginx_tls_servers_by_name_and_unknown_names_follow_rou
             format!("[[pool]]\nname = \"{name}\"\n  [[pool.server]]\n  address = \"{addr}\"\n\n")
         })
         .collect();
-    let relay = RelayProcess::start(&assemble_config(
-        None,
-        &[
-            listener("to_pool", to_pool, "pool"),
-            listener("refuse", refuse, "refuse"),
-        ],
-        &pools,
-    ));
+    let (relay, [to_pool, refuse]) = start_relay(|[to_pool, refuse]| {
+        assemble_config(
+            None,
+            &[
+                listener("to_pool", to_pool, "pool"),
+                listener("refuse", refuse, "refuse"),
+            ],
+            &pools,
+        )
+    });
     let ca_file = ca.file.display().to_string();
     let https = |name: &str, addr: SocketAddr| {
         vec![

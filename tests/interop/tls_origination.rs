@@ -36,7 +36,6 @@ async fn the_relay_sends_sni_verifies_nginx_against_its_ca_and_refuses_a_wrong_c
     })
     .await;
 
-    let (good, wrong_ca, wrong_name) = (listen_addr(), listen_addr(), listen_addr());
     let listener = |name: &str, addr: SocketAddr| {
         format!("[[listener]]\nname = \"{name}\"\nlisten = \"{addr}\"\npool = \"{name}\"\n\n")
     };
@@ -46,40 +45,41 @@ async fn the_relay_sends_sni_verifies_nginx_against_its_ca_and_refuses_a_wrong_c
             addrs[0]
         )
     };
-    let config = assemble_config(
-        None,
-        &[
-            listener("good", good),
-            listener("wrong_ca", wrong_ca),
-            listener("wrong_name", wrong_name),
-        ],
-        &[
-            pool(
-                "good",
-                format!(
-                    "  sni = \"origin.test\"\n  ca_file = \"{}\"\n  alpn = [\"http/1.1\"]\n  cert = \"{}\"\n  key = \"{}\"\n",
-                    ca.file.display(),
-                    relay_client.cert.display(),
-                    relay_client.key.display()
+    let (relay, [good, wrong_ca, wrong_name]) = start_relay(|[good, wrong_ca, wrong_name]| {
+        assemble_config(
+            None,
+            &[
+                listener("good", good),
+                listener("wrong_ca", wrong_ca),
+                listener("wrong_name", wrong_name),
+            ],
+            &[
+                pool(
+                    "good",
+                    format!(
+                        "  sni = \"origin.test\"\n  ca_file = \"{}\"\n  alpn = [\"http/1.1\"]\n  cert = \"{}\"\n  key = \"{}\"\n",
+                        ca.file.display(),
+                        relay_client.cert.display(),
+                        relay_client.key.display()
+                    ),
                 ),
-            ),
-            pool(
-                "wrong_ca",
-                format!(
-                    "  sni = \"origin.test\"\n  ca_file = \"{}\"\n",
-                    other_ca.file.display()
+                pool(
+                    "wrong_ca",
+                    format!(
+                        "  sni = \"origin.test\"\n  ca_file = \"{}\"\n",
+                        other_ca.file.display()
+                    ),
                 ),
-            ),
-            pool(
-                "wrong_name",
-                format!(
-                    "  sni = \"elsewhere.test\"\n  ca_file = \"{}\"\n",
-                    ca.file.display()
+                pool(
+                    "wrong_name",
+                    format!(
+                        "  sni = \"elsewhere.test\"\n  ca_file = \"{}\"\n",
+                        ca.file.display()
+                    ),
                 ),
-            ),
-        ],
-    );
-    let relay = RelayProcess::start(&config);
+            ],
+        )
+    });
 
     let ran = curl(&[&format!("http://{good}/")]).await;
     assert!(ran.ok(), "{}", ran.shown());

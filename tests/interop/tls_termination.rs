@@ -46,7 +46,6 @@ async fn setup() -> Setup {
         )
     })
     .await;
-    let (tls, tls13, mtls) = (listen_addr(), listen_addr(), listen_addr());
     let keys = format!(
         "  cert = \"{}\"\n  key = \"{}\"\n",
         server.cert.display(),
@@ -57,31 +56,33 @@ async fn setup() -> Setup {
             "[[listener]]\nname = \"{name}\"\nlisten = \"{addr}\"\npool = \"nginx\"\n  [listener.tls]\n{keys}{extra}\n"
         )
     };
-    let config = assemble_config(
-        None,
-        &[
-            listener(
-                "tls",
-                tls,
-                "  min_version = \"1.2\"\n  alpn = [\"http/1.1\"]\n",
-            ),
-            listener("tls13", tls13, "  min_version = \"1.3\"\n"),
-            listener(
-                "mtls",
-                mtls,
-                &format!(
-                    "  client_ca = \"{}\"\n  client_auth = \"required\"\n",
-                    client_ca.file.display()
+    let (relay, [tls, tls13, mtls]) = start_relay(|[tls, tls13, mtls]| {
+        assemble_config(
+            None,
+            &[
+                listener(
+                    "tls",
+                    tls,
+                    "  min_version = \"1.2\"\n  alpn = [\"http/1.1\"]\n",
                 ),
-            ),
-        ],
-        &[format!(
-            "[[pool]]\nname = \"nginx\"\n  [[pool.server]]\n  address = \"{}\"\n",
-            addrs[0]
-        )],
-    );
+                listener("tls13", tls13, "  min_version = \"1.3\"\n"),
+                listener(
+                    "mtls",
+                    mtls,
+                    &format!(
+                        "  client_ca = \"{}\"\n  client_auth = \"required\"\n",
+                        client_ca.file.display()
+                    ),
+                ),
+            ],
+            &[format!(
+                "[[pool]]\nname = \"nginx\"\n  [[pool.server]]\n  address = \"{}\"\n",
+                addrs[0]
+            )],
+        )
+    });
     Setup {
-        relay: RelayProcess::start(&config),
+        relay,
         tls,
         tls13,
         mtls,

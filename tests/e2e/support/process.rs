@@ -105,7 +105,9 @@ pub fn unused_addr() -> SocketAddr {
 /// Not a port on 127.0.0.1: the relay binds with SO_REUSEPORT, so two relays handed the same
 /// port (tests in parallel, or test runs in parallel) would both start and silently share each
 /// other's connections; and on 127.0.0.1 the tests' own outgoing connections take ports too.
-/// The port can still be taken before the relay binds it: `start_relay` then picks again.
+/// The port can still be taken before the relay binds it: `start_relay` then picks again. Used
+/// directly only for peers a test starts itself (which retry on their own) and for addresses a
+/// relay binds later, on a reload.
 pub fn listen_addr() -> SocketAddr {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -186,24 +188,6 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts `l4relay run` on a config built around addresses chosen beforehand with
-    /// `listen_addr`. Unlike `start_relay` it cannot pick again if a port was taken in the
-    /// meantime; the addresses are on a loopback address of their own, so that takes another
-    /// process binding the very same address and port.
-    pub fn start(config: &str) -> RelayProcess {
-        Self::start_with_shell_prefix(config, None)
-    }
-
-    /// `start`, with a shell snippet run before exec (e.g. "ulimit -n 96").
-    pub fn start_with_shell_prefix(config: &str, prefix: Option<&str>) -> RelayProcess {
-        let launch = Launch {
-            shell_prefix: prefix,
-            envs: &[],
-        };
-        Self::try_start(config, launch)
-            .unwrap_or_else(|stderr| panic!("l4relay exited before relaying:\n{stderr}"))
-    }
-
     /// Starts `l4relay run` on `config`; waits until it says it is relaying. Err(its stderr)
     /// if it exits first.
     fn try_start(config: &str, launch: Launch) -> Result<RelayProcess, String> {
