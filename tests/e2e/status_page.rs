@@ -69,8 +69,8 @@ async fn deployment() -> (RelayProcess, SocketAddr, SocketAddr, Vec<TcpStream>) 
     let (up, _) = echo_server().await;
     let (named, _) = echo_server().await;
     let refused = listen_addr();
-    let (listen, admin) = (listen_addr(), listen_addr());
-    let config = format!(
+    let (relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        format!(
         "[admin]\nlisten = \"{admin}\"\n\n[drain]\nannounce = \"60s\"\n\n\
          [[listener]]\nname = \"openai\"\nlisten = \"{listen}\"\npool = \"azure-openai\"\n\
          proxy_protocol = \"v2\"\nallow_vpce = [\"vpce-0123456789abcdef0\", \"vpce-0fedcba9876543210\"]\n\
@@ -81,8 +81,8 @@ async fn deployment() -> (RelayProcess, SocketAddr, SocketAddr, Vec<TcpStream>) 
            [[pool.server]]\n  name = \"aoai-2\"\n  address = \"{refused}\"\n\
            [[pool.server]]\n  name = \"aoai-private\"\n  address = \"localhost:{}\"\n",
         named.port()
-    );
-    let relay = RelayProcess::start(&config);
+        )
+    });
     // Wait until health checks have judged every address (and the name resolved).
     let deadline = Instant::now() + STEP_LIMIT;
     loop {
@@ -129,10 +129,10 @@ async fn deployment() -> (RelayProcess, SocketAddr, SocketAddr, Vec<TcpStream>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_and_its_files_come_from_the_binary() {
     let (server, _) = echo_server().await;
-    let (listen, admin) = (listen_addr(), listen_addr());
-    let config = config(listen, &[server], "", "")
-        .replace("listen = \"off\"", &format!("listen = \"{admin}\""));
-    let _relay = RelayProcess::start(&config);
+    let (_relay, [_, admin]) = start_relay(|[listen, admin]| {
+        config(listen, &[server], "", "")
+            .replace("listen = \"off\"", &format!("listen = \"{admin}\""))
+    });
     let (code, page) = admin_request(admin, "GET", "/", None).await;
     assert_eq!(code, 200);
     assert!(page.starts_with("<!doctype html>"), "{page}");

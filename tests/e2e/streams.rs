@@ -65,12 +65,13 @@ fn relay_with_admin(
     servers: &[SocketAddr],
     listener_extra: &str,
 ) -> (RelayProcess, SocketAddr, SocketAddr) {
-    let (listen, admin) = (listen_addr(), listen_addr());
-    let config = config(listen, servers, listener_extra, "").replace(
-        "listen = \"off\"",
-        &format!("listen = \"{admin}\"\ntoken = \"{TOKEN}\""),
-    );
-    (RelayProcess::start(&config), listen, admin)
+    let (relay, [listen, admin]) = start_relay(|[listen, admin]| {
+        config(listen, servers, listener_extra, "").replace(
+            "listen = \"off\"",
+            &format!("listen = \"{admin}\"\ntoken = \"{TOKEN}\""),
+        )
+    });
+    (relay, listen, admin)
 }
 
 async fn connections(admin: SocketAddr, query: &str) -> Value {

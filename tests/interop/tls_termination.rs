@@ -16,6 +16,7 @@ const BODY: &str = "hello from nginx";
 
 struct Setup {
     relay: RelayProcess,
+    admin: SocketAddr,
     /// Listeners: "tls" (1.2+, ALPN http/1.1), "tls13" (1.3 only), "mtls" (client CA).
     tls: SocketAddr,
     tls13: SocketAddr,
@@ -56,9 +57,9 @@ async fn setup() -> Setup {
             "[[listener]]\nname = \"{name}\"\nlisten = \"{addr}\"\npool = \"nginx\"\n  [listener.tls]\n{keys}{extra}\n"
         )
     };
-    let (relay, [tls, tls13, mtls]) = start_relay(|[tls, tls13, mtls]| {
+    let (relay, [tls, tls13, mtls, admin]) = start_relay(|[tls, tls13, mtls, admin]| {
         assemble_config(
-            None,
+            Some(admin),
             &[
                 listener(
                     "tls",
@@ -83,6 +84,7 @@ async fn setup() -> Setup {
     });
     Setup {
         relay,
+        admin,
         tls,
         tls13,
         mtls,
@@ -111,6 +113,30 @@ async fn curl_with(base: Vec<String>, extra: &[&str]) -> Ran {
     let mut args: Vec<&str> = extra.to_vec();
     args.extend(base.iter().map(String::as_str));
     curl(&args).await
+}
+
+/// The access log's length once every connection the relay has counted is in it. Workers write
+/// their lines at their next flush, so a line of an earlier step could otherwise land after the
+/// mark and be taken for the next step's.
+async fn settled_mark(s: &Setup) -> usize {
+    let deadline = std::time::Instant::now() + STEP_LIMIT;
+    loop {
+        let counted: f64 = metrics_text(s.admin)
+            .await
+            .lines()
+            .filter(|l| l.starts_with("l4relay_connections_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        let lines = log_mark(&s.relay);
+        if lines as f64 >= counted {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{counted} connections counted, {lines} logged after {STEP_LIMIT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// The access-log line of the next connection to `listener` after line `mark`.
@@ -175,7 +201,7 @@ async fn curl_and_openssl_negotiate_the_configured_tls_versions_and_verify_the_c
     }
 
     // Verified for real: curl refuses the same certificate against another CA.
-    let mark = log_mark(&s.relay);
+    let mark = settled_mark(&s).await;
     let ran = curl_with(https(s.tls, &s.other_ca), &[]).await;
     assert_eq!(ran.code, Some(60), "{}", ran.shown());
     assert!(
@@ -187,7 +213,7 @@ async fn curl_and_openssl_negotiate_the_configured_tls_versions_and_verify_the_c
     assert_eq!(field(&line, "end"), Some("tls_handshake_error"), "{line}");
 
     // TLS 1.1, offered by clients willing to (OpenSSL's security level 0): refused.
-    let mark = log_mark(&s.relay);
+    let mark = settled_mark(&s).await;
     let ran = curl_with(
         https(s.tls, &s.ca),
         &[
@@ -205,7 +231,7 @@ async fn curl_and_openssl_negotiate_the_configured_tls_versions_and_verify_the_c
     assert_eq!(field(&line, "end"), Some("tls_handshake_error"), "{line}");
     assert_eq!(field(&line, "detail"), Some("tls_incompatible"), "{line}");
 
-    let mark = log_mark(&s.relay);
+    let mark = settled_mark(&s).await;
     let ran = openssl(s.tls, &s.ca, &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]).await;
     assert!(
         !ran.stdout.contains(BODY),
@@ -233,7 +259,7 @@ async fn curl_and_openssl_negotiate_the_configured_tls_versions_and_verify_the_c
     }
 
     // min_version = "1.3": a client capped at 1.2 is refused, 1.3 goes through.
-    let mark = log_mark(&s.relay);
+    let mark = settled_mark(&s).await;
     let ran = curl_with(https(s.tls13, &s.ca), &["--tlsv1.2", "--tls-max", "1.2"]).await;
     assert!(
         !ran.ok(),
@@ -268,7 +294,7 @@ async fn alpn_is_agreed_with_curl_and_openssl_and_refused_without_a_common_proto
     assert!(ran.stdout.contains(BODY), "{}", ran.shown());
 
     // Only h2 offered; the listener speaks http/1.1 only: refused.
-    let mark = log_mark(&s.relay);
+    let mark = settled_mark(&s).await;
     let ran = openssl(s.tls, &s.ca, &["-alpn", "h2"]).await;
     assert!(!ran.stdout.contains(BODY), "{}", ran.shown());
     let line = next_line(&s.relay, mark, "tls").await;
@@ -294,7 +320,7 @@ async fn a_client_certificate_is_required_and_one_from_another_ca_is_refused() {
     assert!(ran.stdout.contains(BODY), "{}", ran.shown());
 
     for tls in ["1.3", "1.2"] {
-        let mark = log_mark(&s.relay);
+        let mark = settled_mark(&s).await;
         let ran = curl_with(https(s.mtls, &s.ca), &["--tls-max", tls]).await;
         assert!(!ran.ok(), "no certificate, TLS {tls}: {}", ran.shown());
         assert!(!ran.stdout.contains(BODY), "{}", ran.shown());
@@ -307,7 +333,7 @@ async fn a_client_certificate_is_required_and_one_from_another_ca_is_refused() {
         );
     }
 
-    let mark = log_mark(&s.relay);
+    let mark = settled_mark(&s).await;
     let (cert, key) = (
         s.stranger.cert.display().to_string(),
         s.stranger.key.display().to_string(),
