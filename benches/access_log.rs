@@ -18,7 +18,7 @@ mod support;
 use serde_json::json;
 use support::*;
 
-fn cpu_per_connection(log: Option<&std::path::Path>, seconds: u64) -> Option<f64> {
+fn cpu_per_connection(log: Option<&std::path::Path>, seconds: u64) -> Round<f64> {
     let dir = work_dir();
     let (_server, upstream_port) = upstream("echo");
     let global = match log {
@@ -43,7 +43,9 @@ fn cpu_per_connection(log: Option<&std::path::Path>, seconds: u64) -> Option<f64
         "500ms",
     ];
     let j = bench_tool("rate", port, Some(relay.pid()), &args)?;
-    j["proxy"]["cpu_us_per_conn"].as_f64()
+    j["proxy"]["cpu_us_per_conn"]
+        .as_f64()
+        .ok_or_else(|| "no proxy cpu_us_per_conn in the report".into())
 }
 
 fn main() {
@@ -54,7 +56,8 @@ fn main() {
     let seconds = env_or("SECONDS", 2);
     let dir = work_dir();
     let log = dir.join("access.log");
-    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // A pair is a round: (off, on) µs/conn, or why either run of it failed.
+    let mut pairs_run: Rounds<(f64, f64)> = Rounds::default();
     for pair in 0..pairs {
         // Alternate which goes first, so that a drift within a pair favours neither.
         let order = if pair % 2 == 0 {
@@ -62,47 +65,53 @@ fn main() {
         } else {
             [true, false]
         };
-        let mut got = [None, None];
+        let mut got = [Err(String::new()), Err(String::new())];
         for logged in order {
             let _ = std::fs::remove_file(&log);
             got[usize::from(logged)] = cpu_per_connection(logged.then_some(log.as_path()), seconds);
         }
-        let (Some(a), Some(b)) = (got[0], got[1]) else {
-            eprintln!("pair {}: a run gave no result", pair + 1);
-            continue;
+        let [a, b] = got;
+        let round = match (a, b) {
+            (Ok(a), Ok(b)) => Ok((a, b)),
+            (Err(why), _) => Err(format!("log off: {why}")),
+            (_, Err(why)) => Err(format!("log on: {why}")),
         };
-        eprintln!(
-            "pair {}: log off {a:.1}, on {b:.1} µs/conn, ratio {:.3}",
-            pair + 1,
-            b / a
-        );
-        off.push(a);
-        on.push(b);
-        ratios.push(b / a);
+        match &round {
+            Ok((a, b)) => eprintln!(
+                "pair {}: log off {a:.1}, on {b:.1} µs/conn, ratio {:.3}",
+                pair + 1,
+                b / a
+            ),
+            Err(why) => eprintln!("pair {}: dropped: {why}", pair + 1),
+        }
+        pairs_run.push(round);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    if ratios.is_empty() {
-        eprintln!("no pair completed");
-        return;
-    }
-    let (lo, hi) = spread(&ratios);
+    let (off, on, ratio) = (
+        |p: &(f64, f64)| Some(p.0),
+        |p: &(f64, f64)| Some(p.1),
+        |p: &(f64, f64)| Some(p.1 / p.0),
+    );
     let md = format!(
         "l4relay auto, short connections (32 workers, 100 B each way), proxy pinned to CPU 0, \
-         load to CPU 1: {} pairs of {seconds} s runs, log off and on alternating.\n\n\
-         | access log | proxy CPU µs/conn (median) |\n|---|---|\n| off | {:.1} |\n| on (text, file) | {:.1} |\n\n\
-         Ratio on/off: median **{:.3}** (min {lo:.3}, max {hi:.3}); target ≤ 1.05.\n",
-        ratios.len(),
-        median(&off),
-        median(&on),
-        median(&ratios),
+         load to CPU 1: {} of {} pairs of {seconds} s runs, log off and on alternating; a pair \
+         where either run's load tool failed or counted errors is dropped.\n\n\
+         | access log | proxy CPU µs/conn (median) |\n|---|---|\n| off | {} |\n| on (text, file) | {} |\n\n\
+         Ratio on/off: median **{}**; target ≤ 1.05.\n",
+        pairs_run.good(),
+        pairs_run.total(),
+        pairs_run.show(off, |v| format!("{v:.1}")),
+        pairs_run.show(on, |v| format!("{v:.1}")),
+        pairs_run.show(ratio, |v| format!("{v:.3}")),
     );
     println!("{md}");
     let out = out_dir();
     std::fs::write(out.join("access_log.md"), &md).unwrap();
     let json = json!({
-        "pairs": ratios.len(), "seconds": seconds,
-        "cpu_us_per_conn_off": off, "cpu_us_per_conn_on": on, "ratios": ratios,
-        "median_ratio": median(&ratios),
+        "pairs": pairs_run.total(), "good_pairs": pairs_run.good(), "seconds": seconds,
+        "dropped": pairs_run.reasons(),
+        "cpu_us_per_conn_off": pairs_run.json(off), "cpu_us_per_conn_on": pairs_run.json(on),
+        "ratio": pairs_run.json(ratio),
     });
     std::fs::write(
         out.join("access_log.json"),

@@ -156,9 +156,11 @@ struct Settings {
     idle_count: u64,
 }
 
-type Metrics = BTreeMap<&'static str, Vec<f64>>;
+/// One round's figures by key; a figure that does not apply (proxy CPU of a direct
+/// connection) is absent.
+type Metrics = BTreeMap<&'static str, f64>;
 
-fn run_once(proxy: Proxy, scenario: Scenario, s: &Settings, dir: &Path) -> Option<Metrics> {
+fn run_once(proxy: Proxy, scenario: Scenario, s: &Settings, dir: &Path) -> Round<Metrics> {
     let (_server, upstream_port) = upstream(scenario.upstream_mode());
     let (proxy_proc, port) = proxy.start(upstream_port, dir);
     let pid = proxy_proc.as_ref().map(Proc::pid);
@@ -178,7 +180,6 @@ fn run_once(proxy: Proxy, scenario: Scenario, s: &Settings, dir: &Path) -> Optio
             let mut args = vec!["--concurrency", "32", "--request", "100", "--reply", "100"];
             args.extend(common);
             let j = bench_tool("rate", port, pid, &args)?;
-            warn_errors(proxy, scenario, &j);
             out.push(("conn_per_s", j["result"]["conn_per_s"].as_f64()));
             out.push(("cpu_us_per_conn", j["proxy"]["cpu_us_per_conn"].as_f64()));
         }
@@ -191,7 +192,6 @@ fn run_once(proxy: Proxy, scenario: Scenario, s: &Settings, dir: &Path) -> Optio
             let mut args = vec!["--connections", "32", "--size", "100", "--rate", rate];
             args.extend(common);
             let j = bench_tool("latency", port, pid, &args)?;
-            warn_errors(proxy, scenario, &j);
             if scenario == Scenario::KeepAlive {
                 out.push(("req_per_s", j["result"]["req_per_s"].as_f64()));
             } else {
@@ -206,9 +206,11 @@ fn run_once(proxy: Proxy, scenario: Scenario, s: &Settings, dir: &Path) -> Optio
                 "--count", &count, "--burst", "32KiB", "--hold", "2s", "--settle", "1s",
             ];
             let j = bench_tool("idle", port, pid, &args)?;
-            warn_errors(proxy, scenario, &j);
             let r = &j["result"];
-            let opened = r["opened"].as_f64().filter(|n| *n > 0.0)?;
+            let opened = r["opened"]
+                .as_f64()
+                .filter(|n| *n > 0.0)
+                .ok_or("no connection opened")?;
             let rss = |stage: &str| {
                 r["samples"]
                     .as_array()?
@@ -223,45 +225,32 @@ fn run_once(proxy: Proxy, scenario: Scenario, s: &Settings, dir: &Path) -> Optio
             out.push(("fds", r["per_connection"]["fds_after_open"].as_f64()));
         }
     }
-    Some(
-        out.into_iter()
-            .filter_map(|(k, v)| Some((k, vec![v?])))
-            .collect(),
-    )
+    Ok(out.into_iter().filter_map(|(k, v)| Some((k, v?))).collect())
 }
 
-fn warn_errors(proxy: Proxy, scenario: Scenario, j: &Value) {
-    let errors = j["errors"]["total"].as_u64().unwrap_or(0);
-    if errors > 0 {
-        eprintln!(
-            "\n{} {}: {errors} errors: {}",
-            proxy.label(),
-            scenario.label(),
-            j["errors"]["samples"]
-        );
-    }
-}
-
-/// All samples of one (scenario, proxy) pair.
+/// Every round of one (scenario, proxy) pair; figures come from the good ones.
 #[derive(Default, Clone)]
-struct Cell(Metrics);
+struct Cell(Rounds<Metrics>);
 
 impl Cell {
+    fn values(&self, key: &str) -> Vec<f64> {
+        self.0.values(|m| m.get(key).copied())
+    }
+
     fn median(&self, key: &str) -> Option<f64> {
-        let v = self.0.get(key)?;
-        (!v.is_empty()).then(|| median(v))
+        self.0.median(|m| m.get(key).copied())
     }
 
     fn show(&self, key: &str) -> String {
-        let Some(v) = self.0.get(key).filter(|v| !v.is_empty()) else {
-            return "–".into();
-        };
-        let (lo, hi) = spread(v);
-        let m = median(v);
-        if v.len() == 1 || fmt(lo) == fmt(hi) {
-            fmt(m)
-        } else {
-            format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi))
+        self.0.show(|m| m.get(key).copied(), fmt)
+    }
+
+    /// `n of m`, marked when a round was dropped; empty when the pair was not run.
+    fn rounds_used(&self) -> String {
+        match (self.0.good(), self.0.total()) {
+            (_, 0) => "–".into(),
+            (n, m) if n == m => format!("{n} of {m}"),
+            (n, m) => format!("{n} of {m} *"),
         }
     }
 }
@@ -503,7 +492,9 @@ fn checks(r: &Results) -> Vec<Check> {
 
 fn markdown(r: &Results, rounds: u64, s: &Settings, notes: &[String]) -> String {
     let mut md = format!(
-        "Median of {rounds} interleaved runs of {} s each (min–max). Proxy pinned to CPU 0, load \
+        "Median of the good rounds among {rounds} interleaved runs of {} s each (min–max); a round \
+         whose load tool failed or counted errors is dropped, and a cell that lost one is marked \
+         `*` with the reason (`—` when none counted). Proxy pinned to CPU 0, load \
          (client and upstream) to CPU 1, loopback; proxy CPU from /proc over the measured window. \
          Idle: {} connections, 32 KiB echoed through each, then held 2 s.\n\n",
         s.seconds, s.idle_count
@@ -521,6 +512,12 @@ fn markdown(r: &Results, rounds: u64, s: &Settings, notes: &[String]) -> String 
         "---|".repeat(r.proxies.len())
     ));
     for (si, sc) in r.scenarios.iter().enumerate() {
+        let used: Vec<String> = r.cells[si].iter().map(Cell::rounds_used).collect();
+        md.push_str(&format!(
+            "| {} | rounds used | {} |\n",
+            sc.label(),
+            used.join(" | ")
+        ));
         for (key, unit) in sc.metrics() {
             let cells: Vec<String> = r.cells[si].iter().map(|c| c.show(key)).collect();
             md.push_str(&format!(
@@ -561,18 +558,15 @@ fn to_json(r: &Results, rounds: u64, s: &Settings, notes: &[String]) -> Value {
                 .iter()
                 .zip(&r.cells[si])
                 .map(|(p, c)| {
-                    let metrics: serde_json::Map<String, Value> = c
-                        .0
+                    let metrics: serde_json::Map<String, Value> = sc
+                        .metrics()
                         .iter()
-                        .map(|(k, v)| {
-                            let (lo, hi) = spread(v);
-                            (
-                                k.to_string(),
-                                json!({"samples": v, "median": median(v), "min": lo, "max": hi}),
-                            )
-                        })
+                        .map(|(k, _)| (k.to_string(), c.0.json(|m| m.get(k).copied())))
                         .collect();
-                    json!({"proxy": p.label(), "metrics": metrics})
+                    json!({
+                        "proxy": p.label(), "rounds": c.0.total(), "good_rounds": c.0.good(),
+                        "dropped": c.0.reasons(), "metrics": metrics,
+                    })
                 })
                 .collect();
             json!({"scenario": sc.label(), "group": sc.group(), "results": results})
@@ -682,7 +676,7 @@ fn chart(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let max = present
             .iter()
             .flat_map(|s| r.proxies.iter().map(move |p| (s, p)))
-            .filter_map(|(s, p)| r.cell(*s, *p)?.0.get(key).map(|v| spread(v).1))
+            .filter_map(|(s, p)| Some(spread(&r.cell(*s, *p)?.values(key)).1))
             .filter(|v| v.is_finite())
             .fold(0.0f64, f64::max);
         let n = r.proxies.len() as f64;
@@ -711,7 +705,7 @@ fn chart(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
             .draw()?;
         for (si, s) in present.iter().enumerate() {
             for (pi, p) in r.proxies.iter().enumerate() {
-                let Some(v) = r.cell(*s, *p).and_then(|c| c.0.get(key)) else {
+                let Some(v) = r.cell(*s, *p).map(|c| c.values(key)) else {
                     continue;
                 };
                 if v.is_empty() {
@@ -721,10 +715,10 @@ fn chart(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 let x0 = si as f64 + 0.1 + 0.8 * pi as f64 / n;
                 let x1 = x0 + 0.8 / n * 0.9;
                 ch.draw_series(std::iter::once(Rectangle::new(
-                    [(x0, 0.0), (x1, median(v))],
+                    [(x0, 0.0), (x1, median(&v))],
                     c.filled(),
                 )))?;
-                let (lo, hi) = spread(v);
+                let (lo, hi) = spread(&v);
                 let xm = (x0 + x1) / 2.0;
                 ch.draw_series(std::iter::once(PathElement::new(
                     vec![(xm, lo), (xm, hi)],
@@ -806,14 +800,11 @@ fn main() {
                     sc.label(),
                     p.label()
                 );
-                match run_once(*p, *sc, &settings, &work) {
-                    Some(m) => {
-                        for (k, v) in m {
-                            cells[si][pi].0.entry(k).or_default().extend(v);
-                        }
-                    }
-                    None => eprintln!("\n{} / {}: no result", sc.label(), p.label()),
+                let round = run_once(*p, *sc, &settings, &work);
+                if let Err(why) = &round {
+                    eprintln!("\n{} / {}: round dropped: {why}", sc.label(), p.label());
                 }
+                cells[si][pi].0.push(round);
             }
         }
     }

@@ -22,9 +22,9 @@ fn main() {
         ("metrics on", "metrics = true"),
         ("metrics off", "metrics = false"),
     ];
-    // (variant, gbit/s samples, conn/s samples)
-    let mut gbit = [Vec::new(), Vec::new()];
-    let mut rate = [Vec::new(), Vec::new()];
+    // Per variant (on, off): every round's Gbit/s and conn/s, or why it was dropped.
+    let mut gbit: [Rounds<f64>; 2] = Default::default();
+    let mut rate: [Rounds<f64>; 2] = Default::default();
     for round in 1..=rounds {
         for (v, (label, admin)) in variants.iter().enumerate() {
             eprint!("\rround {round}/{rounds}: {label} ...          ");
@@ -40,9 +40,15 @@ fn main() {
                 "--warmup",
                 "500ms",
             ];
-            if let Some(json) = bench_tool("throughput", port, Some(relay.pid()), &args) {
-                gbit[v].extend(json["result"]["total_gbit_per_s"].as_f64());
+            let round = bench_tool("throughput", port, Some(relay.pid()), &args).and_then(|j| {
+                j["result"]["total_gbit_per_s"]
+                    .as_f64()
+                    .ok_or_else(|| "no total_gbit_per_s in the report".to_string())
+            });
+            if let Err(why) = &round {
+                eprintln!("\n{label} throughput: round dropped: {why}");
             }
+            gbit[v].push(round);
             drop(relay);
             let (_echo, echo_port) = upstream("echo");
             let (relay, port) = l4relay(echo_port, &work, "", admin);
@@ -54,32 +60,45 @@ fn main() {
                 "--warmup",
                 "500ms",
             ];
-            if let Some(json) = bench_tool("rate", port, Some(relay.pid()), &args) {
-                rate[v].extend(json["result"]["conn_per_s"].as_f64());
+            let round = bench_tool("rate", port, Some(relay.pid()), &args).and_then(|j| {
+                j["result"]["conn_per_s"]
+                    .as_f64()
+                    .ok_or_else(|| "no conn_per_s in the report".to_string())
+            });
+            if let Err(why) = &round {
+                eprintln!("\n{label} rate: round dropped: {why}");
             }
+            rate[v].push(round);
         }
     }
     eprintln!();
-    let diff = |a: f64, b: f64| (a / b - 1.0) * 100.0;
+    let diff = |r: &[Rounds<f64>; 2]| match (r[0].median(|v| Some(*v)), r[1].median(|v| Some(*v))) {
+        (Some(a), Some(b)) => format!("{:+.1} %", (a / b - 1.0) * 100.0),
+        _ => "—".into(),
+    };
+    let show = |r: &Rounds<f64>, digits: usize| r.show(|v| Some(*v), |v| format!("{v:.digits$}"));
     let md = format!(
-        "Metrics on vs off, median of {rounds} interleaved runs of {seconds} s (min–max); l4relay on CPU 0, load on CPU 1.\n\n\
+        "Metrics on vs off, median of the good rounds among {rounds} interleaved runs of {seconds} s (min–max); \
+         l4relay on CPU 0, load on CPU 1. A round whose load tool failed or counted errors is dropped; a cell \
+         that lost one is marked `*` with how many rounds it used and why (`—` when none counted).\n\n\
          | | metrics on | metrics off | on vs off |\n|---|---|---|---|\n\
-         | throughput, 8 streams up (Gbit/s) | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) | {:+.1} % |\n\
-         | connection rate, 32 concurrent (conn/s) | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {:+.1} % |\n",
-        median(&gbit[0]), spread(&gbit[0]).0, spread(&gbit[0]).1,
-        median(&gbit[1]), spread(&gbit[1]).0, spread(&gbit[1]).1,
-        diff(median(&gbit[0]), median(&gbit[1])),
-        median(&rate[0]), spread(&rate[0]).0, spread(&rate[0]).1,
-        median(&rate[1]), spread(&rate[1]).0, spread(&rate[1]).1,
-        diff(median(&rate[0]), median(&rate[1])),
+         | throughput, 8 streams up (Gbit/s) | {} | {} | {} |\n\
+         | connection rate, 32 concurrent (conn/s) | {} | {} | {} |\n",
+        show(&gbit[0], 2),
+        show(&gbit[1], 2),
+        diff(&gbit),
+        show(&rate[0], 0),
+        show(&rate[1], 0),
+        diff(&rate),
     );
     println!("{md}");
     let out = out_dir();
     std::fs::write(out.join("metrics_overhead.md"), &md).unwrap();
+    let figure = |v: &f64| Some(*v);
     let json = serde_json::json!({
         "rounds": rounds, "seconds": seconds,
-        "throughput_gbit_per_s": {"on": gbit[0], "off": gbit[1]},
-        "conn_per_s": {"on": rate[0], "off": rate[1]},
+        "throughput_gbit_per_s": {"on": gbit[0].json(figure), "off": gbit[1].json(figure)},
+        "conn_per_s": {"on": rate[0].json(figure), "off": rate[1].json(figure)},
     });
     std::fs::write(
         out.join("metrics_overhead.json"),

@@ -55,13 +55,11 @@ struct Case {
     streams: u32,
 }
 
-#[derive(Default, Clone)]
-struct Samples {
-    gbit: Vec<f64>,
-    cpu_per_gb: Vec<f64>,
-}
+/// Every round of one (case, proxy) pair: Gbit/s and CPU-s per GB, or why it was dropped.
+type Samples = Rounds<(f64, Option<f64>)>;
 
-fn run_once(proxy: Proxy, case: Case, seconds: u64, dir: &Path) -> Option<(f64, Option<f64>)> {
+/// One round: Gbit/s, and the proxy's CPU-seconds per GB when there is a proxy.
+fn run_once(proxy: Proxy, case: Case, seconds: u64, dir: &Path) -> Round<(f64, Option<f64>)> {
     let mode = match case.direction {
         "up" => "sink",
         "down" => "source",
@@ -87,8 +85,10 @@ fn run_once(proxy: Proxy, case: Case, seconds: u64, dir: &Path) -> Option<(f64, 
         proxy_proc.as_ref().map(Proc::pid),
         &args,
     )?;
-    Some((
-        json["result"]["total_gbit_per_s"].as_f64()?,
+    Ok((
+        json["result"]["total_gbit_per_s"]
+            .as_f64()
+            .ok_or("no total_gbit_per_s in the report")?,
         json["proxy"]["cpu_s_per_gb"].as_f64(),
     ))
 }
@@ -143,17 +143,24 @@ fn main() {
                     case.direction,
                     case.streams
                 );
-                if let Some((gbit, cpu)) = run_once(*proxy, *case, seconds, &work) {
-                    results[c][p].gbit.push(gbit);
-                    results[c][p].cpu_per_gb.extend(cpu);
+                let round = run_once(*proxy, *case, seconds, &work);
+                if let Err(why) = &round {
+                    eprintln!(
+                        "\n{} {} x{}: round dropped: {why}",
+                        proxy.label(),
+                        case.direction,
+                        case.streams
+                    );
                 }
+                results[c][p].push(round);
             }
         }
     }
     eprintln!();
 
     let mut md = format!(
-        "Throughput, Gbit/s: median of {rounds} runs of {seconds} s (min–max), and the proxy's CPU-seconds per GB. \
+        "Throughput, Gbit/s: median of the good rounds among {rounds} runs of {seconds} s (min–max), and the proxy's CPU-seconds per GB. \
+         A round whose load tool failed or counted errors is dropped; a cell that lost one is marked `*` with how many rounds it used and why (`—` when none counted). \
          Proxy on CPU 0, load on CPU 1, loopback.\n\n| case | {} |\n|---|{}\n",
         proxies.iter().map(|p| p.label()).collect::<Vec<_>>().join(" | "),
         "---|".repeat(proxies.len())
@@ -163,13 +170,15 @@ fn main() {
         let cells: Vec<String> = results[c]
             .iter()
             .map(|s| {
-                let (lo, hi) = spread(&s.gbit);
-                let cpu = if s.cpu_per_gb.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {:.2} s/GB", median(&s.cpu_per_gb))
-                };
-                format!("{:.1} ({lo:.1}–{hi:.1}){cpu}", median(&s.gbit))
+                if s.good() == 0 {
+                    return s.show(|r| Some(r.0), |_| String::new());
+                }
+                let gbit = s.figure(|r| Some(r.0), |v| format!("{v:.1}"));
+                let cpu = s
+                    .median(|r| r.1)
+                    .map(|c| format!("; {c:.2} s/GB"))
+                    .unwrap_or_default();
+                format!("{gbit}{cpu}{}", s.mark())
             })
             .collect();
         md.push_str(&format!(
@@ -183,8 +192,8 @@ fn main() {
             .zip(&results[c])
             .map(|(p, s)| {
                 serde_json::json!({
-                    "proxy": p.label(), "gbit_per_s": s.gbit, "median_gbit_per_s": median(&s.gbit),
-                    "cpu_s_per_gb": s.cpu_per_gb, "median_cpu_s_per_gb": median(&s.cpu_per_gb),
+                    "proxy": p.label(), "gbit_per_s": s.json(|r| Some(r.0)),
+                    "cpu_s_per_gb": s.json(|r| r.1),
                 })
             })
             .collect();

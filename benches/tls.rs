@@ -134,14 +134,22 @@ fn client_args(scenario: Scenario, args: &[&str]) -> Vec<String> {
     all
 }
 
-/// One throughput run: (Gbit/s, relay CPU-s per GB).
+/// One round's figures: the measurement, the relay's CPU per unit of it, its cores busy.
+#[derive(Clone, Copy)]
+struct Figures {
+    value: f64,
+    cpu: Option<f64>,
+    cores: Option<f64>,
+}
+
+/// One throughput run: Gbit/s, relay CPU-s per GB.
 fn throughput(
     scenario: Scenario,
     direction: &str,
     seconds: u64,
     pki: &Pki,
     dir: &Path,
-) -> Option<(f64, Option<f64>)> {
+) -> Round<Figures> {
     let mode = if direction == "up" { "sink" } else { "source" };
     let (_server, relay, port) = start(scenario, mode, pki, dir);
     let duration = format!("{seconds}s");
@@ -160,19 +168,17 @@ fn throughput(
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let json = bench_tool("throughput", port, Some(relay.pid()), &args)?;
-    Some((
-        json["result"]["total_gbit_per_s"].as_f64()?,
-        json["proxy"]["cpu_s_per_gb"].as_f64(),
-    ))
+    Ok(Figures {
+        value: json["result"]["total_gbit_per_s"]
+            .as_f64()
+            .ok_or("no total_gbit_per_s in the report")?,
+        cpu: json["proxy"]["cpu_s_per_gb"].as_f64(),
+        cores: json["proxy"]["cores"].as_f64(),
+    })
 }
 
-/// One rate run: (connections/s, relay CPU µs per connection, relay cores busy).
-fn rate(
-    scenario: Scenario,
-    seconds: u64,
-    pki: &Pki,
-    dir: &Path,
-) -> Option<(f64, Option<f64>, Option<f64>)> {
+/// One rate run: connections/s, relay CPU µs per connection.
+fn rate(scenario: Scenario, seconds: u64, pki: &Pki, dir: &Path) -> Round<Figures> {
     let (_server, relay, port) = start(scenario, "echo", pki, dir);
     let duration = format!("{seconds}s");
     let args = client_args(
@@ -192,48 +198,40 @@ fn rate(
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let json = bench_tool("rate", port, Some(relay.pid()), &args)?;
-    if json["errors"]["total"].as_u64().unwrap_or(0) > 0 {
-        eprintln!(
-            "\n{}: errors in rate run: {}",
-            scenario.label(),
-            json["errors"]
-        );
-    }
-    Some((
-        json["result"]["conn_per_s"].as_f64()?,
-        json["proxy"]["cpu_us_per_conn"].as_f64(),
-        json["proxy"]["cores"].as_f64(),
-    ))
+    Ok(Figures {
+        value: json["result"]["conn_per_s"]
+            .as_f64()
+            .ok_or("no conn_per_s in the report")?,
+        cpu: json["proxy"]["cpu_us_per_conn"].as_f64(),
+        cores: json["proxy"]["cores"].as_f64(),
+    })
 }
 
-#[derive(Default, Clone)]
-struct Samples {
-    values: Vec<f64>,
-    cpu: Vec<f64>,
-    cores: Vec<f64>,
+type Samples = Rounds<Figures>;
+
+/// `median (min–max)` over the good rounds, the relay's CPU, and the mark of dropped rounds;
+/// `—` and why when no round counted.
+fn cell(s: &Samples, digits: usize, cpu_unit: &str, cores: bool) -> String {
+    if s.good() == 0 {
+        return s.show(|f| Some(f.value), |_| String::new());
+    }
+    let value = s.figure(|f| Some(f.value), |v| format!("{v:.digits$}"));
+    let mut extra = String::new();
+    if let Some(cpu) = s.median(|f| f.cpu) {
+        extra.push_str(&format!("; {cpu:.2} {cpu_unit}"));
+    }
+    if let Some(c) = s.median(|f| f.cores).filter(|_| cores) {
+        extra.push_str(&format!("; {c:.2} cores"));
+    }
+    format!("{value}{extra}{}", s.mark())
 }
 
-impl Samples {
-    fn cell(&self, digits: usize, cpu_unit: &str) -> String {
-        let (lo, hi) = spread(&self.values);
-        let cpu = if self.cpu.is_empty() {
-            String::new()
-        } else {
-            format!("; {:.2} {cpu_unit}", median(&self.cpu))
-        };
-        format!(
-            "{:.digits$} ({lo:.digits$}–{hi:.digits$}){cpu}",
-            median(&self.values)
-        )
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "values": self.values, "median": median(&self.values),
-            "relay_cpu": self.cpu, "median_relay_cpu": median(&self.cpu),
-            "relay_cores": self.cores, "median_relay_cores": median(&self.cores),
-        })
-    }
+fn json(s: &Samples) -> serde_json::Value {
+    serde_json::json!({
+        "values": s.json(|f| Some(f.value)),
+        "relay_cpu": s.json(|f| f.cpu),
+        "relay_cores": s.json(|f| f.cores),
+    })
 }
 
 fn main() {
@@ -257,10 +255,14 @@ fn main() {
                     "\rround {round}/{rounds}: throughput {direction} {} ...            ",
                     scenario.label()
                 );
-                if let Some((gbit, cpu)) = throughput(*scenario, direction, seconds, &pki, &work) {
-                    bulk[d][s].values.push(gbit);
-                    bulk[d][s].cpu.extend(cpu);
+                let round = throughput(*scenario, direction, seconds, &pki, &work);
+                if let Err(why) = &round {
+                    eprintln!(
+                        "\nthroughput {direction} {}: round dropped: {why}",
+                        scenario.label()
+                    );
                 }
+                bulk[d][s].push(round);
             }
         }
         for (s, scenario) in scenarios.iter().enumerate() {
@@ -268,11 +270,11 @@ fn main() {
                 "\rround {round}/{rounds}: rate {} ...                  ",
                 scenario.label()
             );
-            if let Some((per_s, cpu, cores)) = rate(*scenario, seconds, &pki, &work) {
-                handshakes[s].values.push(per_s);
-                handshakes[s].cpu.extend(cpu);
-                handshakes[s].cores.extend(cores);
+            let round = rate(*scenario, seconds, &pki, &work);
+            if let Err(why) = &round {
+                eprintln!("\nrate {}: round dropped: {why}", scenario.label());
             }
+            handshakes[s].push(round);
         }
     }
     eprintln!();
@@ -287,38 +289,35 @@ fn main() {
         "---|".repeat(scenarios.len())
     );
     let mut md = format!(
-        "TLS on one core: relay on CPU 0 (one worker), load on CPU 1, loopback; median of {rounds} runs of {seconds} s (min–max). \
+        "TLS on one core: relay on CPU 0 (one worker), load on CPU 1, loopback; median of the good rounds among {rounds} runs of {seconds} s (min–max); a round whose load tool failed or counted errors is dropped, and a cell that lost one is marked `*` with how many rounds it used and why (`—` when none counted). \
          ECDSA P-256 certificate, rustls (ring).\n\nThroughput, one stream, Gbit/s; relay CPU-seconds per GB:\n\n{header}"
     );
     for (d, direction) in directions.iter().enumerate() {
-        let cells: Vec<String> = bulk[d].iter().map(|s| s.cell(2, "s/GB")).collect();
+        let cells: Vec<String> = bulk[d].iter().map(|s| cell(s, 2, "s/GB", false)).collect();
         md.push_str(&format!("| {direction} | {} |\n", cells.join(" | ")));
     }
     md.push_str(&format!(
         "\nConnections per second (connect, 100 B each way, close; 32 workers; each TLS client connection a full handshake); relay CPU µs per connection; relay cores busy:\n\n{header}"
     ));
-    let cells: Vec<String> = handshakes
-        .iter()
-        .map(|s| format!("{}; {:.2} cores", s.cell(0, "µs"), median(&s.cores)))
-        .collect();
+    let cells: Vec<String> = handshakes.iter().map(|s| cell(s, 0, "µs", true)).collect();
     md.push_str(&format!("| conn/s | {} |\n", cells.join(" | ")));
     println!("{md}");
 
-    let json = serde_json::json!({
+    let report = serde_json::json!({
         "rounds": rounds,
         "seconds": seconds,
         "scenarios": scenarios.iter().map(|s| s.label()).collect::<Vec<_>>(),
         "throughput": directions.iter().zip(&bulk).map(|(d, per)| serde_json::json!({
             "direction": d,
-            "gbit_per_s": per.iter().map(Samples::json).collect::<Vec<_>>(),
+            "gbit_per_s": per.iter().map(json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "rate": handshakes.iter().map(Samples::json).collect::<Vec<_>>(),
+        "rate": handshakes.iter().map(json).collect::<Vec<_>>(),
     });
     let out = out_dir();
     std::fs::write(out.join("tls.md"), &md).unwrap();
     std::fs::write(
         out.join("tls.json"),
-        serde_json::to_string_pretty(&json).unwrap(),
+        serde_json::to_string_pretty(&report).unwrap(),
     )
     .unwrap();
     eprintln!("wrote {}", out.join("tls.{md,json}").display());

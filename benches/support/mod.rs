@@ -1,5 +1,5 @@
 //! Shared plumbing for the benchmarks: child processes pinned to a CPU, l4relay and HAProxy
-//! configs, running the bench tool and reading its JSON, medians.
+//! configs, running the bench tool and judging its JSON, medians of the rounds that counted.
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 pub const RELAY: &str = env!("CARGO_BIN_EXE_l4relay");
 
@@ -200,13 +202,9 @@ pub fn haproxy(upstream: u16, dir: &Path, splice: bool) -> (Proc, u16) {
     (Proc(child), port)
 }
 
-/// Runs `l4relay-bench MODE ARGS... --json -` on CPU 1 against `port`, measuring `pid`.
-pub fn bench_tool(
-    mode: &str,
-    port: u16,
-    pid: Option<u32>,
-    args: &[&str],
-) -> Option<serde_json::Value> {
+/// Runs `l4relay-bench MODE ARGS... --json -` on CPU 1 against `port`, measuring `pid`: its
+/// report, or why the round does not count (see `judge`).
+pub fn bench_tool(mode: &str, port: u16, pid: Option<u32>, args: &[&str]) -> Round<Value> {
     let mut load = pinned(1, &*BENCH);
     load.args([
         mode,
@@ -220,8 +218,224 @@ pub fn bench_tool(
     if let Some(pid) = pid {
         load.args(["--pid", &pid.to_string()]);
     }
-    let out = load.stdout(Stdio::piped()).output().ok()?;
-    serde_json::from_slice(&out.stdout).ok()
+    let out = load
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run l4relay-bench: {e}"))?;
+    judge(out.status.code(), &out.stdout, &out.stderr)
+}
+
+/// One round's outcome: its figures, or why it was dropped.
+pub type Round<T> = Result<T, String>;
+
+/// Whether one run of the load tool counts: it exited 0, printed a JSON report, and the report
+/// shows no failure (errors of any kind, interrupted, failed streams, lost requests, connections
+/// not opened or closed early). A run that lost work measures a different load than the others,
+/// so its figures stay out of the medians. `exit` is `None` when the tool died of a signal.
+pub fn judge(exit: Option<i32>, stdout: &[u8], stderr: &[u8]) -> Round<Value> {
+    let said = || {
+        let text = String::from_utf8_lossy(stderr);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("error"))
+            .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
+            .map(|l| format!(": {}", short(l.trim())));
+        line.unwrap_or_default()
+    };
+    match exit {
+        Some(0) => {}
+        Some(code) => return Err(format!("load tool exited with status {code}{}", said())),
+        None => return Err(format!("load tool killed by a signal{}", said())),
+    }
+    let j: Value = serde_json::from_slice(stdout)
+        .map_err(|e| format!("load tool printed no JSON report ({e}){}", said()))?;
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let e = &j["errors"];
+    if n(&e["total"]) > 0 {
+        let kinds: Vec<String> = ["refused", "reset", "timeout", "short", "other"]
+            .iter()
+            .filter(|k| n(&e[**k]) > 0)
+            .map(|k| format!("{k} {}", n(&e[*k])))
+            .collect();
+        let first = e["samples"]
+            .as_object()
+            .and_then(|s| s.iter().next())
+            .map(|(k, m)| format!("; first {k}: {}", short(m.as_str().unwrap_or_default())))
+            .unwrap_or_default();
+        return Err(format!(
+            "{} errors ({}){first}",
+            n(&e["total"]),
+            kinds.join(", ")
+        ));
+    }
+    if j["interrupted"].as_bool() == Some(true) {
+        return Err("load tool was interrupted".into());
+    }
+    let r = &j["result"];
+    if n(&r["streams_failed"]) > 0 {
+        return Err(format!("{} streams failed", n(&r["streams_failed"])));
+    }
+    if let (Some(connected), Some(streams)) =
+        (r["streams_connected"].as_u64(), r["streams"].as_u64())
+    {
+        if connected < streams {
+            return Err(format!("{connected} of {streams} streams connected"));
+        }
+    }
+    if n(&r["lost"]) > 0 {
+        return Err(format!("{} requests lost", n(&r["lost"])));
+    }
+    if let (Some(opened), Some(count)) = (r["opened"].as_u64(), r["count"].as_u64()) {
+        if opened < count {
+            return Err(format!("{opened} of {count} connections opened"));
+        }
+    }
+    if n(&r["closed_during_hold"]) > 0 {
+        return Err(format!(
+            "{} connections closed during the hold",
+            n(&r["closed_during_hold"])
+        ));
+    }
+    Ok(j)
+}
+
+/// A reason cut to a table cell's length.
+fn short(s: &str) -> String {
+    const MAX: usize = 100;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Every round of one cell (a proxy in a scenario), good or failed, in order. Medians and spreads
+/// come from the good rounds only; the failed ones are counted and their reasons shown.
+#[derive(Debug, Clone)]
+pub struct Rounds<T>(pub Vec<Round<T>>);
+
+impl<T> Default for Rounds<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T> Rounds<T> {
+    pub fn push(&mut self, round: Round<T>) {
+        self.0.push(round);
+    }
+
+    pub fn total(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn good(&self) -> usize {
+        self.0.iter().filter(|r| r.is_ok()).count()
+    }
+
+    /// Distinct reasons of the failed rounds, each with how often it happened.
+    pub fn reasons(&self) -> Vec<String> {
+        let mut seen: Vec<(&str, usize)> = Vec::new();
+        for why in self.0.iter().filter_map(|r| r.as_ref().err()) {
+            match seen.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, n)) => *n += 1,
+                None => seen.push((why, 1)),
+            }
+        }
+        seen.into_iter()
+            .map(|(w, n)| {
+                if n == 1 {
+                    w.to_string()
+                } else {
+                    format!("{w} (×{n})")
+                }
+            })
+            .collect()
+    }
+
+    /// One figure from each good round that has it.
+    pub fn values(&self, figure: impl Fn(&T) -> Option<f64>) -> Vec<f64> {
+        self.0
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter_map(figure)
+            .filter(|v| v.is_finite())
+            .collect()
+    }
+
+    /// The median of a figure over the good rounds; `None` when no good round has it.
+    pub fn median(&self, figure: impl Fn(&T) -> Option<f64>) -> Option<f64> {
+        let v = self.values(figure);
+        (!v.is_empty()).then(|| median(&v))
+    }
+
+    /// `""` when every round counted; otherwise ` * (n of m rounds; k failed dropped: why)`.
+    pub fn mark(&self) -> String {
+        let failed = self.total() - self.good();
+        if failed == 0 {
+            return String::new();
+        }
+        format!(
+            " * ({} of {} rounds; {failed} failed dropped: {})",
+            self.good(),
+            self.total(),
+            self.reasons().join("; ")
+        )
+    }
+
+    /// A table cell: `median (min–max)` over the good rounds with `mark()`, `—` with the reasons
+    /// when no round counted, `–` when the figure does not apply (good rounds, none has it).
+    pub fn show(&self, figure: impl Fn(&T) -> Option<f64>, fmt: impl Fn(f64) -> String) -> String {
+        if self.good() == 0 {
+            return if self.total() == 0 {
+                "–".into()
+            } else {
+                format!(
+                    "— (no good round of {}: {})",
+                    self.total(),
+                    self.reasons().join("; ")
+                )
+            };
+        }
+        format!("{}{}", self.figure(figure, fmt), self.mark())
+    }
+
+    /// `median (min–max)` of a figure over the good rounds, without the mark; `–` when none
+    /// has it.
+    pub fn figure(
+        &self,
+        figure: impl Fn(&T) -> Option<f64>,
+        fmt: impl Fn(f64) -> String,
+    ) -> String {
+        let v = self.values(figure);
+        if v.is_empty() {
+            return "–".into();
+        }
+        let (lo, hi) = spread(&v);
+        let m = fmt(median(&v));
+        if v.len() == 1 || fmt(lo) == fmt(hi) {
+            m
+        } else {
+            format!("{m} ({}–{})", fmt(lo), fmt(hi))
+        }
+    }
+
+    /// The figure for a JSON report: good rounds' samples, their median and spread (null when no
+    /// round counted), rounds run and used, and why the others were dropped.
+    pub fn json(&self, figure: impl Fn(&T) -> Option<f64>) -> Value {
+        let v = self.values(figure);
+        let (median, min, max) = if v.is_empty() {
+            (None, None, None)
+        } else {
+            let (lo, hi) = spread(&v);
+            (Some(median(&v)), Some(lo), Some(hi))
+        };
+        serde_json::json!({
+            "samples": v, "median": median, "min": min, "max": max,
+            "rounds": self.total(), "good_rounds": self.good(), "dropped": self.reasons(),
+        })
+    }
 }
 
 pub fn median(values: &[f64]) -> f64 {
