@@ -247,7 +247,7 @@ fn past_one_sources_ports_the_next_source_past_all_refused_with_the_reason() {
          \x20 [[pool.server]]\n  name = \"aoai\"\n  address = \"10.78.0.1:9000\"\n\
          \x20 [pool.health]\n  check = \"tcp\"\n  interval = \"1s\"\n  timeout = \"500ms\"\n  rise = 1\n  fall = 2\n  passive_fall = 3\n";
     let path = dir.join("relay.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, crate::support::quick_log_flush(config)).unwrap();
     let relay = ns.spawn(
         RELAY,
         &["run", "--config", path.to_str().unwrap()],
@@ -306,12 +306,19 @@ fn past_one_sources_ports_the_next_source_past_all_refused_with_the_reason() {
     );
     assert!(held_count <= 40, "{held_count} connections from 40 ports?");
     assert!(refused_at.is_some(), "never refused");
-    let line = relay
-        .access_log()
-        .lines()
-        .find(|l| l.contains("end=connect_failed"))
-        .map(str::to_string)
-        .unwrap_or_default();
+    // Lines are written at each worker's flush (every 20 ms here).
+    let refused_line = || {
+        relay
+            .access_log()
+            .lines()
+            .find(|l| l.contains("end=connect_failed"))
+            .map(str::to_string)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused_line().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line = refused_line().unwrap_or_default();
     assert!(line.contains("detail=source_ports_exhausted"), "{line:?}");
 
     // Visible: the port range, per-source counts, the errors; the server was never blamed.
@@ -419,7 +426,7 @@ fn a_first_write_the_server_never_reads_ends_at_the_connect_timeout() {
          [[pool]]\nname = \"p\"\nconnect_timeout = \"500ms\"\nretries = 0\n\
          \x20 [[pool.server]]\n  name = \"mute\"\n  address = \"10.78.0.1:9000\"\n";
     let path = dir.join("relay.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, crate::support::quick_log_flush(config)).unwrap();
     let relay = ns.spawn(
         RELAY,
         &["run", "--config", path.to_str().unwrap()],
@@ -469,6 +476,10 @@ fn a_first_write_the_server_never_reads_ends_at_the_connect_timeout() {
     eprintln!("the relay ended the connection after {took:?} (connect_timeout 500ms)");
     assert!(ended, "the relay held the connection for 15 s");
     assert!(took < Duration::from_secs(5), "took {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !relay.access_log().contains("end=connect_failed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = relay.access_log();
     assert!(
         log.contains("end=connect_failed detail=write_timeout"),
