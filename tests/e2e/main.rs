@@ -24,9 +24,6 @@ mod pools;
 mod relay;
 mod upstream_side;
 
-// Under load.
-mod slow_peers;
-
 // The process: config, lifecycle, observability.
 mod admin_safety;
 mod check;

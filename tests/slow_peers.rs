@@ -1,13 +1,23 @@
 //! Slow peers: clients that never read must not make the relay buffer what their servers send.
 //! Backpressure has to reach the server (its writes stop), and the relay's memory per such
 //! connection stays at its fixed in-flight buffer, whatever the server would send.
+//!
+//! A test binary of its own: it parks about 2 GB in kernel socket buffers (1,000 stalled
+//! streams), which on a small machine reaches `net.ipv4.tcp_mem`'s limit. Linux then resets
+//! sockets that close with unsent data (`TCP: out of memory` in dmesg): inside the e2e binary,
+//! that reset the admin answers of tests running beside it. Cargo runs test binaries one after
+//! another, so on its own it has the kernel's TCP memory to itself.
+
+#[allow(dead_code, unused_imports)]
+#[path = "e2e/support/mod.rs"]
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::*;
+use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
