@@ -570,11 +570,21 @@ mod tests {
     }
 
     static CALLSITE: TestCallsite = TestCallsite;
+    static TEST_METADATA: tracing::Metadata<'static> = tracing::Metadata::new(
+        "test",
+        "l4relay",
+        tracing::Level::WARN,
+        None,
+        None,
+        None,
+        tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
+        tracing::metadata::Kind::EVENT,
+    );
     struct TestCallsite;
     impl tracing::Callsite for TestCallsite {
         fn set_interest(&self, _: tracing::subscriber::Interest) {}
         fn metadata(&self) -> &tracing::Metadata<'_> {
-            unimplemented!("only its identity is used")
+            &TEST_METADATA
         }
     }
 
