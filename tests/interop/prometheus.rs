@@ -23,7 +23,7 @@ async fn prometheus(dir: &std::path::Path, target: SocketAddr) -> (Peer, SocketA
         ),
     )
     .unwrap();
-    retrying("prometheus", || {
+    let started = retrying("prometheus", || {
         let web = listen_addr();
         let mut peer = Peer::spawn(
             "prometheus",
@@ -41,7 +41,22 @@ async fn prometheus(dir: &std::path::Path, target: SocketAddr) -> (Peer, SocketA
             Ok((peer, web))
         }
     })
-    .await
+    .await;
+    // Its API answers 503 until the storage is open: wait for /-/ready.
+    let ready = format!("http://{}/-/ready", started.1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ran = curl(&["--fail", &ready]).await;
+        if ran.ok() {
+            return started;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus not ready after 30 s: {}",
+            ran.shown()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// One instant query through Prometheus's HTTP API; the value of its only sample, if any.
