@@ -479,6 +479,7 @@ impl Session {
                 return Err((AttemptResult::Error, End::UpstreamTls("tls_server_name")));
             }
         };
+        // The server's own copy of the pool's config, with its own sessions to resume.
         let client = server.tls_client.as_ref().unwrap_or(&tls.client);
         let handshake = tls::originate(client, name, stream);
         let error = match tokio::time::timeout(pool.connect_timeout, handshake).await {

@@ -16,6 +16,8 @@ use super::*;
 /// `[pool.tls]`: TLS originated to the pool's servers, with its files read.
 #[derive(Debug, Clone)]
 pub struct PoolTls {
+    /// The pool's config; each server connects with its own copy (`for_server`), which has the
+    /// server's own session store.
     pub client: Arc<rustls::ClientConfig>,
     /// Server name sent and verified; None: each server's host name (for an IP address, no SNI
     /// and the certificate must list the address).

@@ -38,7 +38,7 @@ pub use client::{
 };
 pub use expiry::{expiry_warning, not_after, NotAfter, EXPIRY_WARNING};
 pub use failure::Failure;
-pub use resumption::{server_client_config, ServerSessions, DEFAULT_SESSIONS};
+pub use resumption::{ServerSessions, DEFAULT_SESSIONS};
 pub use server::{
     server_config, terminate, CertificateSet, ClientAuth, ClientAuthMode, ListenerTls,
 };
