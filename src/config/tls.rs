@@ -177,6 +177,12 @@ pub(super) fn read_pool_tls(
     let key = s.string(diag, "key");
     let min_version = read_min_version(s, diag);
     let alpn = read_alpn(s, diag);
+    let session_cache = s.integer(
+        diag,
+        "session_cache",
+        0..=MAX_SESSIONS,
+        tls::DEFAULT_SESSIONS as u64,
+    ) as usize;
     if let Some(at) = &sni {
         if let Err(message) = parse_host_name(&at.value) {
             diag.error(&at.span, &at.key, message);
@@ -219,6 +225,7 @@ pub(super) fn read_pool_tls(
             verify,
             min_version,
             alpn,
+            session_cache,
         }),
         Err(message) => {
             diag.error(&s.span(), s.path(), message);
@@ -226,6 +233,11 @@ pub(super) fn read_pool_tls(
         }
     }
 }
+
+/// The most `session_cache` allows: a server sends a couple of tickets per handshake, so more
+/// than this many would only be reached by a burst this large, and each ticket is a few hundred
+/// bytes per server.
+const MAX_SESSIONS: u64 = 1024;
 
 /// A `cert` and `key` pair (both or neither) read and matched, with the certificate's DNS
 /// names; None when absent or bad (reported at the file's key).
@@ -363,6 +375,7 @@ mod tests {
         assert!(pool.verify);
         assert_eq!(pool.min_version, MinVersion::Tls13);
         assert_eq!(pool.alpn, vec!["http/1.1".to_string()]);
+        assert_eq!(pool.session_cache, tls::DEFAULT_SESSIONS);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 
         let c = parse(MINIMAL).unwrap();
@@ -475,5 +488,35 @@ mod tests {
         );
         assert!(!c.pools[0].tls.as_ref().unwrap().verify);
         remove_cert_files(&[cert, bare_cert, other_cert]);
+    }
+
+    #[test]
+    fn session_cache_is_bounded_and_zero_turns_resumption_off() {
+        let pool =
+            |value: &str| with_tls("", &format!("  [pool.tls]\n  session_cache = {value}\n"));
+        for (value, sessions) in [("0", 0), ("1", 1), ("32", 32), ("1024", 1024)] {
+            let c = parse(&pool(value)).unwrap();
+            assert_eq!(c.pools[0].tls.as_ref().unwrap().session_cache, sessions);
+        }
+        for (value, message) in [
+            ("1025", "must be an integer from 0 to 1024"),
+            ("-1", "must be an integer from 0 to 1024"),
+            ("\"8\"", "expected an integer, found a string"),
+            ("true", "expected an integer, found a boolean"),
+        ] {
+            let text = pool(value);
+            let line = 1 + text
+                .lines()
+                .position(|l| l.contains("session_cache"))
+                .unwrap();
+            let errors = parse(&text).unwrap_err();
+            assert_eq!(errors.len(), 1, "{value}: {errors:#?}");
+            assert!(
+                errors[0].starts_with(&format!("t.toml:{line}:"))
+                    && errors[0].contains("pool[0].tls.session_cache: ")
+                    && errors[0].contains(message),
+                "{value}: {errors:#?}"
+            );
+        }
     }
 }

@@ -479,9 +479,14 @@ impl Session {
                 return Err((AttemptResult::Error, End::UpstreamTls("tls_server_name")));
             }
         };
-        let handshake = tls::originate(&tls.client, name, stream);
+        // The server's own copy of the pool's config, with its own sessions to resume.
+        let client = server.tls_client.as_ref().unwrap_or(&tls.client);
+        let handshake = tls::originate(client, name, stream);
         let error = match tokio::time::timeout(pool.connect_timeout, handshake).await {
-            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Ok(stream)) => {
+                server.metrics.count_tls_handshake(tls::resumed(&stream));
+                return Ok(stream);
+            }
             Ok(Err(error)) => error,
             Err(_) => {
                 tracing::warn!(pool = %pool.name, server = %server.name, client = %self.record.client, "TLS handshake with {} timed out after {:?}", server.addr, pool.connect_timeout);

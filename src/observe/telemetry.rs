@@ -27,6 +27,7 @@ pub const SILENT_GAP_SECONDS: &str = "l4relay_silent_gap_seconds";
 pub const UPSTREAM_CONNECTIONS: &str = "l4relay_upstream_connections_total";
 pub const UPSTREAM_CONNECT_SECONDS: &str = "l4relay_upstream_connect_seconds";
 pub const UPSTREAM_RETRIES: &str = "l4relay_upstream_retries_total";
+pub const UPSTREAM_TLS_HANDSHAKES: &str = "l4relay_upstream_tls_handshakes_total";
 pub const SERVER_UP: &str = "l4relay_server_up";
 pub const SERVER_ACTIVE: &str = "l4relay_server_connections_active";
 pub const CONFIG_RELOADS: &str = "l4relay_config_reloads_total";
@@ -66,6 +67,9 @@ pub const CHECK_RESULTS: [&str; 9] = [
     "firewall",
     "local",
 ];
+/// The `kind` label of `l4relay_upstream_tls_handshakes_total`: `resumed` from a session the
+/// server's store kept, else `full`.
+pub const TLS_HANDSHAKE_KINDS: [&str; 2] = ["full", "resumed"];
 /// The `result` label of `l4relay_dns_resolutions_total`.
 pub const DNS_RESULTS: [&str; 7] = [
     "ok",
@@ -210,6 +214,10 @@ fn describe() {
         "1 when the server may take new connections, else 0."
     );
     describe_gauge!(SERVER_ACTIVE, "Connections open to the server now.");
+    describe_counter!(
+        UPSTREAM_TLS_HANDSHAKES,
+        "TLS handshakes with servers ([pool.tls]), by kind: full, or resumed from a stored session."
+    );
     describe_counter!(CONFIG_RELOADS, "Config reloads, by result.");
     describe_gauge!(
         PIPES,

@@ -1,5 +1,6 @@
 //! Originating TLS to a pool's servers: verification against system roots, a CA file, or
-//! deliberately nothing, the server name sent, and the handshake.
+//! deliberately nothing, the server name sent, and the handshake. Each server's session store
+//! is `resumption`'s.
 
 use std::io;
 use std::net::IpAddr;
@@ -8,13 +9,15 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 
 use super::*;
 /// `[pool.tls]`: TLS originated to the pool's servers, with its files read.
 #[derive(Debug, Clone)]
 pub struct PoolTls {
+    /// The pool's config; each server connects with its own copy (`for_server`), which has the
+    /// server's own session store.
     pub client: Arc<rustls::ClientConfig>,
     /// Server name sent and verified; None: each server's host name (for an IP address, no SNI
     /// and the certificate must list the address).
@@ -23,9 +26,18 @@ pub struct PoolTls {
     pub verify: bool,
     pub min_version: MinVersion,
     pub alpn: Vec<String>,
+    /// `session_cache`: TLS 1.3 tickets each server keeps for resumption; 0: no resumption.
+    pub session_cache: usize,
 }
 
-/// A client connection with TLS terminated by the relay.
+impl PoolTls {
+    /// The client config of one server of the pool: `client`, with the server's own session
+    /// store (see `resumption`).
+    pub fn for_server(&self) -> Arc<ClientConfig> {
+        super::resumption::server_client_config(&self.client, self.session_cache)
+    }
+}
+
 /// How a pool checks its servers' certificates.
 pub enum Verify {
     /// Against the system's CA store.
@@ -89,6 +101,12 @@ pub async fn originate(
 ) -> io::Result<Box<Originated>> {
     let connect = tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name, server);
     Box::pin(connect).await.map(Box::new)
+}
+
+/// Whether `stream`'s handshake resumed a stored session (TLS 1.3 ticket, TLS 1.2 session ID
+/// or ticket) rather than doing a full one.
+pub fn resumed(stream: &Originated) -> bool {
+    stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed)
 }
 
 /// `verify = false`: any certificate, any name; the handshake's signatures are still checked,

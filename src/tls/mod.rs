@@ -5,7 +5,8 @@
 //! files and checking that they belong together, choosing a listener's certificate by the
 //! client's SNI (`CertificateSet`), verifying client certificates (mTLS) and servers' certificates
 //! (system roots, a CA file, or deliberately nothing), the two handshakes a session performs
-//! (`terminate`, `originate`), and naming a failed handshake in one word for the access log.
+//! (`terminate`, `originate`), each server's store of sessions to resume (`resumption`), and
+//! naming a failed handshake in one word for the access log.
 //! Relaying the decrypted stream is `relay::stream`'s; what a failure means for the connection is
 //! the session's.
 //!
@@ -25,15 +26,19 @@ mod certificates;
 mod client;
 mod expiry;
 mod failure;
+mod resumption;
 mod server;
 
 use crate::relay::stream::{Pooled, Transport};
 pub use certificates::{
     dns_names, identity, load_ca_file, read_chain, read_key, system_roots, Identity,
 };
-pub use client::{client_config, originate, server_name, AcceptAnyCertificate, PoolTls, Verify};
+pub use client::{
+    client_config, originate, resumed, server_name, AcceptAnyCertificate, PoolTls, Verify,
+};
 pub use expiry::{expiry_warning, not_after, NotAfter, EXPIRY_WARNING};
 pub use failure::Failure;
+pub use resumption::{ServerSessions, DEFAULT_SESSIONS};
 pub use server::{
     server_config, terminate, CertificateSet, ClientAuth, ClientAuthMode, ListenerTls,
 };

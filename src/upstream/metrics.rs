@@ -6,7 +6,8 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use crate::observe::telemetry::{
     CHECK_RESULTS, DNS_ADDRESSES, DNS_RESOLUTIONS, DNS_RESULTS, FIRST_BYTE_SECONDS, HEALTH_CHECKS,
     HEALTH_CHECK_SECONDS, SERVER_ACTIVE, SERVER_STATE, SERVER_STATES, SERVER_UP,
-    SOURCE_CONNECTIONS, UPSTREAM_CONNECTIONS, UPSTREAM_CONNECT_SECONDS, UPSTREAM_RETRIES,
+    SOURCE_CONNECTIONS, TLS_HANDSHAKE_KINDS, UPSTREAM_CONNECTIONS, UPSTREAM_CONNECT_SECONDS,
+    UPSTREAM_RETRIES, UPSTREAM_TLS_HANDSHAKES,
 };
 use crate::upstream::connect::AttemptResult;
 
@@ -23,11 +24,21 @@ pub struct ServerMetrics {
     pub dns_addresses: Option<Gauge>,
     /// Connections open from each source address of the pool (every address of the server).
     pub sources: Vec<Gauge>,
+    /// Upstream TLS handshakes, indexed like `TLS_HANDSHAKE_KINDS`; only in a pool that
+    /// originates TLS.
+    tls_handshakes: Option<[Counter; TLS_HANDSHAKE_KINDS.len()]>,
 }
 
 impl ServerMetrics {
-    /// `sources`: the `source` labels, one per source address of the pool.
-    pub fn new(pool: &str, server: &str, by_name: bool, sources: &[String]) -> ServerMetrics {
+    /// `sources`: the `source` labels, one per source address of the pool; `tls`: whether the
+    /// pool originates TLS.
+    pub fn new(
+        pool: &str,
+        server: &str,
+        by_name: bool,
+        tls: bool,
+        sources: &[String],
+    ) -> ServerMetrics {
         let (p, s) = (pool.to_string(), server.to_string());
         let result = |r: AttemptResult| counter!(UPSTREAM_CONNECTIONS, "pool" => p.clone(), "server" => s.clone(), "result" => r.as_str());
         ServerMetrics {
@@ -46,6 +57,14 @@ impl ServerMetrics {
                 .iter()
                 .map(|source| gauge!(SOURCE_CONNECTIONS, "pool" => p.clone(), "source" => source.clone(), "server" => s.clone()))
                 .collect(),
+            tls_handshakes: tls.then(|| TLS_HANDSHAKE_KINDS.map(|kind| counter!(UPSTREAM_TLS_HANDSHAKES, "pool" => p.clone(), "server" => s.clone(), "kind" => kind))),
+        }
+    }
+
+    /// Counts a completed upstream TLS handshake: resumed from a stored session, or full.
+    pub fn count_tls_handshake(&self, resumed: bool) {
+        if let Some(kinds) = &self.tls_handshakes {
+            kinds[usize::from(resumed)].increment(1);
         }
     }
 

@@ -301,8 +301,9 @@ async fn every_metric_on_the_dashboard_is_exported_by_the_relay() {
         .collect();
 
     // The real relay, with one relayed connection (so the histograms have samples), one reload
-    // (config_reloads_total appears only then), health checks, and a server given by name,
-    // resolved through a test DNS server (the DNS metrics exist only for such servers).
+    // (config_reloads_total appears only then), health checks, a server given by name,
+    // resolved through a test DNS server (the DNS metrics exist only for such servers), and a
+    // pool that originates TLS (the TLS handshake metrics exist only for such pools).
     let (server, _) = echo_server().await;
     let dns = dns_server(zone(Mode::Answer, &["127.0.0.1"], 60)).await;
     let (mut relay, [listen, admin]) = start_relay(|[listen, admin]| {
@@ -320,6 +321,10 @@ async fn every_metric_on_the_dashboard_is_exported_by_the_relay() {
         text.push_str(&format!(
             "  [[pool.server]]\n  name = \"by-name\"\n  address = \"svc.test:{}\"\n",
             server.port()
+        ));
+        // A pool that originates TLS (never connected to): its handshake counters exist.
+        text.push_str(&format!(
+            "\n[[pool]]\nname = \"tls\"\n  [pool.tls]\n  verify = false\n  [[pool.server]]\n  address = \"{server}\"\n"
         ));
         text
     });

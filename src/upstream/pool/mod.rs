@@ -80,6 +80,9 @@ pub struct Server {
     can_close: bool,
     /// Connections and check results per source address of the pool.
     pub(crate) sources: Arc<Sources>,
+    /// `[pool.tls]`: the pool's TLS client config with this address's own session store, so
+    /// addresses behind one name resume apart and a removed one's sessions go with it.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
     pub metrics: Arc<ServerMetrics>,
 }
 
@@ -248,7 +251,13 @@ impl Pool {
             .iter()
             .map(|s| {
                 let by_name = matches!(s.address, ServerAddress::Name { .. });
-                let metrics = ServerMetrics::new(&config.name, &s.name, by_name, &source_labels);
+                let metrics = ServerMetrics::new(
+                    &config.name,
+                    &s.name,
+                    by_name,
+                    config.tls.is_some(),
+                    &source_labels,
+                );
                 (s.name.clone(), Arc::new(metrics))
             })
             .collect();
@@ -873,6 +882,7 @@ fn new_server(
         sources: egress
             .1
             .unwrap_or_else(|| Arc::new(Sources::new(egress.0, &metrics.sources))),
+        tls_client: pool.tls.as_ref().map(|tls| tls.for_server()),
         metrics: Arc::clone(metrics),
     })
 }
