@@ -22,43 +22,6 @@ pub(crate) fn dns_config(
     )
 }
 
-/// The DNS entry of server "svc" in /status.
-fn dns_json(status: &serde_json::Value) -> serde_json::Value {
-    pool_json(status, "p")["dns"][0].clone()
-}
-
-/// Addresses of "svc" that /status shows up, sorted.
-fn up_addresses(status: &serde_json::Value) -> Vec<String> {
-    let mut up: Vec<String> = servers_json(status, "p", "svc")
-        .iter()
-        .filter(|s| s["state"] == "up")
-        .map(|s| s["address"].as_str().unwrap().to_string())
-        .collect();
-    up.sort();
-    up
-}
-
-/// Polls /status until `condition` holds; how long it took.
-async fn wait_status(
-    admin: SocketAddr,
-    limit: Duration,
-    what: &str,
-    mut condition: impl FnMut(&serde_json::Value) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let status = get_status(admin).await;
-        if condition(&status) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "not {what} within {limit:?}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Upstreams named `names` on 127.0.0.2, .3, ... all on one port: the kernel's choice on
 /// 127.0.0.2, tried on the others (and chosen again if one of them has it taken).
 pub(crate) async fn upstreams(names: &[&'static str]) -> (u16, Vec<Upstream>) {
@@ -98,23 +61,23 @@ async fn the_pool_follows_dns_answers_and_ttls_and_keeps_the_last_good_set_on_fa
     let started = Instant::now();
     let two = format!("127.0.0.2:{port}");
     wait_status(admin, Duration::from_secs(5), "resolved", |s| {
-        up_addresses(s) == [two.clone()]
+        up_addresses(s, "p", "svc") == [two.clone()]
     })
     .await;
     assert_eq!(try_which(listen).await.unwrap().1, "two");
     let status = get_status(admin).await;
     assert_eq!(
-        dns_json(&status)["addresses"],
+        dns_json(&status, "p")["addresses"],
         serde_json::json!(["127.0.0.2"])
     );
-    assert_eq!(dns_json(&status)["ttl_secs"], 1);
+    assert_eq!(dns_json(&status, "p")["ttl_secs"], 1);
 
     // A new answer: the pool follows within the TTL (1 s) plus slack; the old address goes.
     set_zone(&zone, Mode::Answer, &["127.0.0.3", "127.0.0.4"], 1);
     let changed = SystemTime::now();
     let expected = vec![format!("127.0.0.3:{port}"), format!("127.0.0.4:{port}")];
     wait_status(admin, Duration::from_secs(15), "following", |s| {
-        up_addresses(s) == expected && servers_json(s, "p", "svc").len() == 2
+        up_addresses(s, "p", "svc") == expected && servers_json(s, "p", "svc").len() == 2
     })
     .await;
     // When the new addresses came up, as the relay reports it: within the TTL, a first check
@@ -145,13 +108,13 @@ async fn the_pool_follows_dns_answers_and_ttls_and_keeps_the_last_good_set_on_fa
     // SERVFAIL: the last good set stays and keeps serving.
     set_zone(&zone, Mode::ServFail, &[], 1);
     wait_status(admin, Duration::from_secs(3), "servfail", |s| {
-        dns_json(s)["last_result"] == "servfail"
+        dns_json(s, "p")["last_result"] == "servfail"
     })
     .await;
     let status = get_status(admin).await;
-    assert_eq!(up_addresses(&status), expected, "{status}");
+    assert_eq!(up_addresses(&status, "p", "svc"), expected, "{status}");
     assert_eq!(
-        dns_json(&status)["addresses"],
+        dns_json(&status, "p")["addresses"],
         serde_json::json!(["127.0.0.3", "127.0.0.4"])
     );
     assert!(try_which(listen).await.is_some());
@@ -168,11 +131,11 @@ async fn the_pool_follows_dns_answers_and_ttls_and_keeps_the_last_good_set_on_fa
     // No answer at all: likewise, until dns_hold (3 s) has passed.
     set_zone(&zone, Mode::Silent, &[], 1);
     wait_status(admin, Duration::from_secs(3), "timing out", |s| {
-        dns_json(s)["last_result"] == "timeout"
+        dns_json(s, "p")["last_result"] == "timeout"
     })
     .await;
     let status = get_status(admin).await;
-    assert_eq!(up_addresses(&status), expected, "{status}");
+    assert_eq!(up_addresses(&status, "p", "svc"), expected, "{status}");
     assert!(try_which(listen).await.is_some());
 
     wait_status(
@@ -188,7 +151,7 @@ async fn the_pool_follows_dns_answers_and_ttls_and_keeps_the_last_good_set_on_fa
     // Answers again: back in service.
     set_zone(&zone, Mode::Answer, &["127.0.0.2"], 1);
     wait_status(admin, Duration::from_secs(5), "resolved again", |s| {
-        up_addresses(s) == [two.clone()]
+        up_addresses(s, "p", "svc") == [two.clone()]
     })
     .await;
     assert_eq!(try_which(listen).await.unwrap().1, "two");
@@ -213,11 +176,11 @@ async fn require_private_never_connects_to_a_public_answer() {
     // The name resolves to a public address, as when a private DNS zone is missing.
     set_zone(&zone, Mode::Answer, &["8.8.8.8"], 1);
     wait_status(admin, Duration::from_secs(5), "refusing", |s| {
-        dns_json(s)["refused"] == serde_json::json!(["8.8.8.8"])
+        dns_json(s, "p")["refused"] == serde_json::json!(["8.8.8.8"])
     })
     .await;
     let status = get_status(admin).await;
-    let error = dns_json(&status)["error"]
+    let error = dns_json(&status, "p")["error"]
         .as_str()
         .unwrap_or("")
         .to_string();
@@ -269,12 +232,15 @@ async fn require_private_never_connects_to_a_public_answer() {
         admin,
         Duration::from_secs(5),
         "serving the private address",
-        |s| up_addresses(s) == [two.clone()],
+        |s| up_addresses(s, "p", "svc") == [two.clone()],
     )
     .await;
     assert_eq!(try_which(listen).await.unwrap().1, "two");
     let status = get_status(admin).await;
-    assert_eq!(dns_json(&status)["refused"], serde_json::json!(["8.8.8.8"]));
+    assert_eq!(
+        dns_json(&status, "p")["refused"],
+        serde_json::json!(["8.8.8.8"])
+    );
     assert_eq!(servers_json(&status, "p", "svc").len(), 1);
 
     // A reload keeps the answer and the address's state: still up at once, no new lookup
@@ -282,6 +248,6 @@ async fn require_private_never_connects_to_a_public_answer() {
     relay.signal("HUP");
     relay.wait_for_stderr("reload: done", Duration::from_secs(10));
     let status = get_status(admin).await;
-    assert_eq!(up_addresses(&status), [two], "{status}");
+    assert_eq!(up_addresses(&status, "p", "svc"), [two], "{status}");
     assert_eq!(try_which(listen).await.unwrap().1, "two");
 }

@@ -174,44 +174,6 @@ fn relay(
     (relay, admin, listen)
 }
 
-/// The DNS entry of server "svc" in /status.
-fn dns_json(status: &serde_json::Value) -> serde_json::Value {
-    pool_json(status, "p")["dns"][0].clone()
-}
-
-/// Addresses of "svc" that /status shows up, sorted.
-fn up(status: &serde_json::Value) -> Vec<String> {
-    let mut up: Vec<String> = servers_json(status, "p", "svc")
-        .iter()
-        .filter(|s| s["state"] == "up")
-        .map(|s| s["address"].as_str().unwrap().to_string())
-        .collect();
-    up.sort();
-    up
-}
-
-/// Polls /status until `condition` holds; how long it took.
-async fn wait_status(
-    admin: SocketAddr,
-    limit: Duration,
-    what: &str,
-    mut condition: impl FnMut(&serde_json::Value) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let status = get_status(admin).await;
-        if condition(&status) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "not {what} within {limit:?}: {}",
-            dns_json(&status)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// `ip:port` as /status shows a server address.
 fn at(ip: &str, port: u16) -> String {
     SocketAddr::new(ip.parse().unwrap(), port).to_string()
@@ -231,14 +193,14 @@ async fn dnsmasq_refusing_aaaa_the_pool_still_follows_the_a_record_within_its_tt
     let started = Instant::now();
 
     wait_status(admin, Duration::from_secs(5), "resolved", |s| {
-        up(s) == [at(V4_A, port)]
+        up_addresses(s, "p", "svc") == [at(V4_A, port)]
     })
     .await;
     assert_eq!(lands_on(listen).await.as_deref(), Some("a"));
     // The A answer is a good answer; the AAAA refusal is shown beside it, not as the name's
     // error.
     let status = get_status(admin).await;
-    let name = dns_json(&status);
+    let name = dns_json(&status, "p");
     assert_eq!(name["last_result"], "ok", "{name}");
     assert_eq!(name["error"], serde_json::Value::Null, "{name}");
     assert_eq!(name["ttl_secs"], 1, "{name}");
@@ -249,7 +211,7 @@ async fn dnsmasq_refusing_aaaa_the_pool_still_follows_the_a_record_within_its_tt
     // The A record changes: followed within the TTL (1 s) + 1 s, the old address gone.
     dnsmasq.set_hosts(&format!("{V4_B} svc.test\n")).await;
     let took = wait_status(admin, Duration::from_secs(5), "following", |s| {
-        up(s) == [at(V4_B, port)] && servers_json(s, "p", "svc").len() == 1
+        up_addresses(s, "p", "svc") == [at(V4_B, port)] && servers_json(s, "p", "svc").len() == 1
     })
     .await;
     assert!(took <= Duration::from_secs(2), "followed after {took:?}");
@@ -289,7 +251,7 @@ async fn an_aaaa_answer_that_turns_into_refused_keeps_its_addresses_for_dns_hold
     );
     let both = vec![at(V4_A, port), at(V6, port)];
     wait_status(admin, Duration::from_secs(5), "both families", |s| {
-        up(s) == both
+        up_addresses(s, "p", "svc") == both
     })
     .await;
 
@@ -298,12 +260,17 @@ async fn an_aaaa_answer_that_turns_into_refused_keeps_its_addresses_for_dns_hold
     dnsmasq.set_hosts(&format!("{V4_A} svc.test\n")).await;
     let failing_at = Instant::now();
     wait_status(admin, Duration::from_secs(3), "AAAA failing", |s| {
-        dns_json(s)["query_errors"]["AAAA"].is_object()
+        dns_json(s, "p")["query_errors"]["AAAA"].is_object()
     })
     .await;
     let status = get_status(admin).await;
-    assert_eq!(up(&status), both, "{}", dns_json(&status));
-    assert_eq!(dns_json(&status)["last_result"], "ok");
+    assert_eq!(
+        up_addresses(&status, "p", "svc"),
+        both,
+        "{}",
+        dns_json(&status, "p")
+    );
+    assert_eq!(dns_json(&status, "p")["last_result"], "ok");
     let mut landed = Vec::new();
     for _ in 0..6 {
         landed.push(lands_on(listen).await.unwrap());
@@ -311,7 +278,7 @@ async fn an_aaaa_answer_that_turns_into_refused_keeps_its_addresses_for_dns_hold
     assert!(landed.iter().any(|n| n == "six"), "{landed:?}");
 
     let took = wait_status(admin, Duration::from_secs(6), "AAAA dropped", |s| {
-        up(s) == [at(V4_A, port)] && servers_json(s, "p", "svc").len() == 1
+        up_addresses(s, "p", "svc") == [at(V4_A, port)] && servers_json(s, "p", "svc").len() == 1
     })
     .await;
     let held = failing_at.elapsed();
@@ -345,11 +312,11 @@ async fn dns_family_asks_dnsmasq_for_one_family_only() {
     let (_relay4, admin4, listen4) =
         relay(dnsmasq.addr(), "v4only.test", port, "dns_family = \"ipv4\"");
     wait_status(admin6, Duration::from_secs(5), "IPv6 only", |s| {
-        up(s) == [at(V6, port)]
+        up_addresses(s, "p", "svc") == [at(V6, port)]
     })
     .await;
     wait_status(admin4, Duration::from_secs(5), "IPv4 only", |s| {
-        up(s) == [at(V4_A, port)]
+        up_addresses(s, "p", "svc") == [at(V4_A, port)]
     })
     .await;
     for _ in 0..3 {
@@ -365,7 +332,7 @@ async fn dns_family_asks_dnsmasq_for_one_family_only() {
     assert_eq!(dnsmasq.queries("A", "svc.test"), 0);
     assert_eq!(dnsmasq.queries("AAAA", "v4only.test"), 0);
     assert!(dnsmasq.queries("A", "v4only.test") >= 2);
-    let v4 = dns_json(&get_status(admin4).await);
+    let v4 = dns_json(&get_status(admin4).await, "p");
     assert_eq!(v4["query_errors"], serde_json::json!({}), "{v4}");
     assert_eq!(v4["last_result"], "ok", "{v4}");
 }
@@ -386,7 +353,7 @@ async fn nxdomain_and_a_vanished_resolver_keep_the_last_good_addresses_for_dns_h
     );
     let served = vec![at(V4_A, port)];
     wait_status(admin, Duration::from_secs(5), "resolved", |s| {
-        up(s) == served
+        up_addresses(s, "p", "svc") == served
     })
     .await;
 
@@ -398,11 +365,11 @@ async fn nxdomain_and_a_vanished_resolver_keep_the_last_good_addresses_for_dns_h
             dnsmasq.peer.stop();
         }
         wait_status(admin, Duration::from_secs(3), fault, |s| {
-            dns_json(s)["last_result"] != "ok"
+            dns_json(s, "p")["last_result"] != "ok"
         })
         .await;
         let status = get_status(admin).await;
-        let name = dns_json(&status);
+        let name = dns_json(&status, "p");
         if fault == "nxdomain" {
             assert_eq!(name["last_result"], "nxdomain", "{name}");
         } else {
@@ -412,7 +379,7 @@ async fn nxdomain_and_a_vanished_resolver_keep_the_last_good_addresses_for_dns_h
             );
         }
         // Held: still resolved to the last good address, still serving.
-        assert_eq!(up(&status), served, "{fault}: {name}");
+        assert_eq!(up_addresses(&status, "p", "svc"), served, "{fault}: {name}");
         assert_eq!(lands_on(listen).await.as_deref(), Some("a"), "{fault}");
 
         wait_status(admin, Duration::from_secs(6), "dropped", |s| {
@@ -440,7 +407,7 @@ async fn nxdomain_and_a_vanished_resolver_keep_the_last_good_addresses_for_dns_h
             .expect("dnsmasq again on its port");
         }
         wait_status(admin, Duration::from_secs(5), "resolved again", |s| {
-            up(s) == served
+            up_addresses(s, "p", "svc") == served
         })
         .await;
         assert_eq!(lands_on(listen).await.as_deref(), Some("a"));
@@ -476,16 +443,16 @@ async fn a_cname_chain_is_as_fresh_as_its_shortest_link() {
     .await;
     let (_relay, admin, listen) = relay(dnsmasq.addr(), "myres.openai.azure.test", port, "");
     wait_status(admin, Duration::from_secs(5), "resolved", |s| {
-        up(s) == [at(V4_A, port)]
+        up_addresses(s, "p", "svc") == [at(V4_A, port)]
     })
     .await;
-    let name = dns_json(&get_status(admin).await);
+    let name = dns_json(&get_status(admin).await, "p");
     assert_eq!(name["ttl_secs"], 1, "{name}");
     assert_eq!(name["last_result"], "ok", "{name}");
 
     dnsmasq.set_hosts(&format!("{V4_B} {target}\n")).await;
     let took = wait_status(admin, Duration::from_secs(5), "following", |s| {
-        up(s) == [at(V4_B, port)] && servers_json(s, "p", "svc").len() == 1
+        up_addresses(s, "p", "svc") == [at(V4_B, port)] && servers_json(s, "p", "svc").len() == 1
     })
     .await;
     assert!(took <= Duration::from_secs(2), "followed after {took:?}");
@@ -546,10 +513,11 @@ forward-zone:
     .await;
     let (_relay, admin, listen) = relay(unbound_addr, "svc.test", port, "");
     wait_status(admin, Duration::from_secs(5), "resolved", |s| {
-        up(s) == [at(V4_A, port)] && dns_json(s)["query_errors"]["AAAA"].is_object()
+        up_addresses(s, "p", "svc") == [at(V4_A, port)]
+            && dns_json(s, "p")["query_errors"]["AAAA"].is_object()
     })
     .await;
-    let name = dns_json(&get_status(admin).await);
+    let name = dns_json(&get_status(admin).await, "p");
     assert_eq!(name["last_result"], "ok", "{name}");
     assert_eq!(name["ttl_secs"], 1, "{name}");
     let aaaa = name["query_errors"]["AAAA"]["error"].as_str().unwrap_or("");

@@ -3,7 +3,7 @@
 //! absence is the answer, a test asks `sample_in` for an Option.
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -67,6 +67,44 @@ pub fn servers_json(
         .filter(|s| s["name"] == server)
         .cloned()
         .collect()
+}
+
+/// The addresses of a pool's server that /status shows up, sorted.
+pub fn up_addresses(status: &serde_json::Value, pool: &str, server: &str) -> Vec<String> {
+    let mut up: Vec<String> = servers_json(status, pool, server)
+        .iter()
+        .filter(|s| s["state"] == "up")
+        .map(|s| s["address"].as_str().unwrap().to_string())
+        .collect();
+    up.sort();
+    up
+}
+
+/// The first DNS name a pool follows, as /status shows it (addresses, TTL, errors).
+pub fn dns_json(status: &serde_json::Value, pool: &str) -> serde_json::Value {
+    pool_json(status, pool)["dns"][0].clone()
+}
+
+/// Polls /status until `condition` holds; how long it took. Fails after `limit`, showing the
+/// last status.
+pub async fn wait_status(
+    admin: SocketAddr,
+    limit: Duration,
+    what: &str,
+    mut condition: impl FnMut(&serde_json::Value) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = get_status(admin).await;
+        if condition(&status) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not {what} within {limit:?}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// When a server address's shown state began, as /status reports it (`since`).
