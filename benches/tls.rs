@@ -600,9 +600,9 @@ fn main() {
 
     let cases: Vec<Case> = rate_cases.iter().chain(&bulk_cases).copied().collect();
     let runs = cases.len() as u64 * proxies.len() as u64 * rounds;
-    // Each run: the warmup, the measurement, and about a second to start and stop the three
-    // processes.
-    let estimate = runs * (seconds * 1000 + 500 + 1000) / 1000;
+    // Each run: the warmup, the measurement, and about 0.3 s to start and stop the three
+    // processes (a smoke run of 24 took 39 s with SECONDS=1).
+    let estimate = runs * (seconds * 1000 + 500 + 300) / 1000;
     eprintln!(
         "{} cases × {} proxies × {rounds} rounds = {runs} runs of {seconds} s: about {} min {} s",
         cases.len(),
