@@ -64,6 +64,7 @@ Examples:
   l4relay-bench rate --target 127.0.0.1:9000 --concurrency 32 --request 100 --reply 100
   l4relay-bench rate --target 127.0.0.1:8443 --tls --sni relay.example --pid $(pidof l4relay)
   l4relay-bench serve --listen 127.0.0.1:9443 --mode echo --tls-cert cert.pem --tls-key key.pem
+  l4relay-bench rate --target 127.0.0.1:8443 --tls --tls-version 1.3 --tls-ciphers TLS_AES_128_GCM_SHA256
   l4relay-bench latency --target 127.0.0.1:9000 --connections 32 --rate 10000 --json lat.json
   l4relay-bench idle --target 127.0.0.1:9000 --count 20000 --burst 32KiB --pid $(pidof l4relay)";
 
@@ -138,6 +139,16 @@ struct ServeArgs {
     /// The private key of --tls-cert (PEM)
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Accept only this TLS version [default: 1.2 and 1.3]
+    #[arg(long, value_name = "VERSION", value_enum, requires = "tls_cert")]
+    tls_version: Option<tls::Version>,
+    /// Accept only these cipher suites, e.g. TLS_AES_128_GCM_SHA256 [default: rustls's]
+    #[arg(long, value_name = "LIST", value_parser = tls::parse_suites, requires = "tls_cert")]
+    tls_ciphers: Option<tls::Suites>,
+    /// At exit, write a summary as JSON to FILE (`-` = stdout): connections, errors, bytes, and
+    /// with TLS the full and resumed handshakes
+    #[arg(long, value_name = "FILE")]
+    json: Option<String>,
 }
 
 /// TLS towards the target, for the modes that support it.
@@ -151,6 +162,22 @@ struct TlsOpts {
     /// Server name to send with --tls [default: none; the target is an address]
     #[arg(long, value_name = "NAME", requires = "tls")]
     sni: Option<String>,
+    /// Offer only this TLS version [default: 1.3 and 1.2]
+    #[arg(long, value_name = "VERSION", value_enum, requires = "tls")]
+    tls_version: Option<tls::Version>,
+    /// Offer only these cipher suites, in this order, e.g. TLS_AES_128_GCM_SHA256 or
+    /// TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 [default: rustls's]
+    #[arg(long, value_name = "LIST", value_parser = tls::parse_suites, requires = "tls")]
+    tls_ciphers: Option<tls::Suites>,
+}
+
+impl TlsOpts {
+    fn offer(&self) -> tls::Offer {
+        tls::Offer {
+            version: self.tls_version,
+            suites: self.tls_ciphers.clone(),
+        }
+    }
 }
 
 /// Options shared by every client mode.
@@ -372,7 +399,11 @@ impl ClientCtx {
         let proxy = o.proxy_v2.then(|| o.vpce.clone());
         let mut dialer = Dialer::new(target, sources, o.connect_timeout, o.io_timeout, proxy);
         if tls.tls {
-            dialer = dialer.with_tls(tls::ClientTls::new(tls.sni.as_deref(), target.ip())?);
+            dialer = dialer.with_tls(tls::ClientTls::new(
+                tls.sni.as_deref(),
+                target.ip(),
+                &tls.offer(),
+            )?);
         }
         Ok(Self {
             dialer: Arc::new(dialer),
@@ -476,8 +507,12 @@ impl CpuMark {
 async fn dispatch(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(a) => {
+            let offer = tls::Offer {
+                version: a.tls_version,
+                suites: a.tls_ciphers,
+            };
             let tls = match (&a.tls_cert, &a.tls_key) {
-                (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+                (Some(cert), Some(key)) => Some(tls::server_config(cert, key, &offer)?),
                 _ => None,
             };
             serve::run(serve::ServeConfig {
@@ -487,6 +522,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                 backlog: a.backlog,
                 duration: a.duration,
                 tls,
+                json: a.json,
             })
             .await
         }
@@ -640,6 +676,53 @@ mod tests {
             "k.pem"
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn tls_version_and_cipher_options() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let rate = |extra: &[&str]| {
+            let mut a = vec!["b", "rate", "--target", "127.0.0.1:1"];
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        for v in ["1.2", "1.3"] {
+            assert!(rate(&["--tls", "--tls-version", v]).is_ok(), "{v}");
+        }
+        assert!(rate(&["--tls", "--tls-version", "1.1"]).is_err());
+        assert!(
+            rate(&["--tls-version", "1.3"]).is_err(),
+            "--tls-version needs --tls"
+        );
+        assert!(rate(&[
+            "--tls",
+            "--tls-ciphers",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_AES_128_GCM_SHA256"
+        ])
+        .is_ok());
+        assert!(rate(&["--tls", "--tls-ciphers", "RC4-MD5"]).is_err());
+        assert!(
+            rate(&["--tls-ciphers", "TLS_AES_128_GCM_SHA256"]).is_err(),
+            "--tls-ciphers needs --tls"
+        );
+        let serve = |extra: &[&str]| {
+            let mut a = vec!["b", "serve", "--listen", "127.0.0.1:0"];
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        let with = |more: &[&'static str]| {
+            let mut a = tls.to_vec();
+            a.extend_from_slice(more);
+            a
+        };
+        assert!(serve(&with(&["--tls-version", "1.2"])).is_ok());
+        assert!(serve(&with(&["--tls-ciphers", "TLS_AES_128_GCM_SHA256"])).is_ok());
+        assert!(
+            serve(&["--tls-version", "1.2"]).is_err(),
+            "--tls-version needs --tls-cert"
+        );
+        assert!(serve(&["--json", "-"]).is_ok());
     }
 
     #[test]

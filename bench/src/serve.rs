@@ -12,7 +12,9 @@
 //! directly and behind a relay that adds one.
 //!
 //! With `--tls-cert`/`--tls-key` every mode speaks TLS (after a PROXY header,
-//! which is read in the clear), and ends its side with close_notify.
+//! which is read in the clear), and ends its side with close_notify. It counts
+//! its handshakes, full and resumed, so a relay's session reuse towards its
+//! upstream shows (the exit summary; `--json FILE`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -44,6 +46,31 @@ pub struct ServeConfig {
     pub duration: Option<Duration>,
     /// Serve TLS with this config.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Write the exit summary as JSON here (`-` = stdout).
+    pub json: Option<String>,
+}
+
+/// The exit summary of `--json`.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    tool: &'static str,
+    mode: String,
+    listen: String,
+    tls: bool,
+    seconds: f64,
+    connections: u64,
+    still_open: u64,
+    proxy_headers: u64,
+    framed: u64,
+    errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Completed TLS handshakes by kind (0 without TLS).
+    tls_full_handshakes: u64,
+    tls_resumed_handshakes: u64,
+    /// Handshakes refused (a peer offering nothing this server accepts, ...), not counting
+    /// clients that went away mid-handshake.
+    tls_failed_handshakes: u64,
 }
 
 #[derive(Default)]
@@ -55,6 +82,9 @@ struct Stats {
     proxy_headers: AtomicU64,
     framed: AtomicU64,
     errors: AtomicU64,
+    tls_full: AtomicU64,
+    tls_resumed: AtomicU64,
+    tls_failed: AtomicU64,
 }
 
 /// Buffers start here and double up to `--chunk` only for connections that
@@ -123,18 +153,56 @@ pub async fn run(cfg: ServeConfig) -> Result<(), String> {
             }
         }
     }
+    let summary = Summary {
+        tool: "l4relay-bench serve",
+        mode,
+        listen: local.to_string(),
+        tls: cfg.tls.is_some(),
+        seconds: started.elapsed().as_secs_f64(),
+        connections: stats.accepted.load(Relaxed),
+        still_open: stats.active.load(Relaxed),
+        proxy_headers: stats.proxy_headers.load(Relaxed),
+        framed: stats.framed.load(Relaxed),
+        errors: stats.errors.load(Relaxed),
+        bytes_in: stats.bytes_in.load(Relaxed),
+        bytes_out: stats.bytes_out.load(Relaxed),
+        tls_full_handshakes: stats.tls_full.load(Relaxed),
+        tls_resumed_handshakes: stats.tls_resumed.load(Relaxed),
+        tls_failed_handshakes: stats.tls_failed.load(Relaxed),
+    };
+    let handshakes = if summary.tls {
+        format!(
+            ", TLS handshakes {} full, {} resumed, {} failed",
+            summary.tls_full_handshakes,
+            summary.tls_resumed_handshakes,
+            summary.tls_failed_handshakes
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "serve: {} after {}: {} connections ({} still open, {} with PROXY header, {} framed, {} errors), in {}, out {}",
+        "serve: {} after {}: {} connections ({} still open, {} with PROXY header, {} framed, {} errors), in {}, out {}{handshakes}",
         local,
         fmt_duration(started.elapsed()),
-        stats.accepted.load(Relaxed),
-        stats.active.load(Relaxed),
-        stats.proxy_headers.load(Relaxed),
-        stats.framed.load(Relaxed),
-        stats.errors.load(Relaxed),
-        fmt_bytes(stats.bytes_in.load(Relaxed) as f64),
-        fmt_bytes(stats.bytes_out.load(Relaxed) as f64),
+        summary.connections,
+        summary.still_open,
+        summary.proxy_headers,
+        summary.framed,
+        summary.errors,
+        fmt_bytes(summary.bytes_in as f64),
+        fmt_bytes(summary.bytes_out as f64),
     );
+    if let Some(path) = &cfg.json {
+        let mut doc = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        doc.push('\n');
+        if path == "-" {
+            use std::io::Write;
+            print!("{doc}");
+            let _ = std::io::stdout().flush();
+        } else {
+            std::fs::write(path, doc).map_err(|e| format!("cannot write {path}: {e}"))?;
+        }
+    }
     Ok(())
 }
 
@@ -190,7 +258,24 @@ async fn serve_tls(
     stats: &Stats,
 ) -> io::Result<()> {
     strip_proxy_header(&mut s, stats).await?;
-    let mut tls = tokio_rustls::TlsAcceptor::from(config).accept(s).await?;
+    let mut tls = match tokio_rustls::TlsAcceptor::from(config).accept(s).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            // A client gone mid-handshake (the end of a run) refused nothing.
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+            ) {
+                stats.tls_failed.fetch_add(1, Relaxed);
+            }
+            return Err(e);
+        }
+    };
+    let counter = match tls.get_ref().1.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => &stats.tls_resumed,
+        _ => &stats.tls_full,
+    };
+    counter.fetch_add(1, Relaxed);
     match mode {
         Mode::Source => {
             let (mut r, mut w) = tokio::io::split(tls);

@@ -25,6 +25,11 @@ struct Server {
 
 impl Server {
     fn start(mode: &str) -> Server {
+        Server::start_with(mode, &[])
+    }
+
+    /// `serve --mode MODE EXTRA...`.
+    fn start_with(mode: &str, extra: &[&str]) -> Server {
         // --duration bounds the server even if the test process dies without dropping it.
         let mut child = Command::new(BIN)
             .args([
@@ -36,6 +41,7 @@ impl Server {
                 "--duration",
                 "300s",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -425,6 +431,114 @@ fn echo_preserves_half_close() {
     writer.join().unwrap();
     assert_eq!(back.len(), payload.len());
     assert!(back == payload, "echoed bytes differ");
+}
+
+/// A TLS echo `serve` pinned to TLS 1.2 and one suite counts each handshake, full or resumed, and
+/// reports them in its exit summary (`--json`), which the TLS bench reads for the share of
+/// sessions a relay resumes towards its upstream.
+#[test]
+fn serve_counts_full_and_resumed_handshakes() {
+    use std::sync::Arc;
+
+    let dir = json_path().with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["bench.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let summary = dir.join("summary.json");
+    let mut echo = Server::start_with(
+        "echo",
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+            "--tls-version",
+            "1.2",
+            "--tls-ciphers",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "--json",
+            summary.to_str().unwrap(),
+        ],
+    );
+
+    // The bench's own client resumes nothing: full handshakes, as many as it connected.
+    let v = run_client(&[
+        "rate",
+        "--target",
+        &echo.addr,
+        "--tls",
+        "--tls-version",
+        "1.2",
+        "--concurrency",
+        "2",
+        "--duration",
+        "600ms",
+        "--warmup",
+        "0s",
+    ]);
+    assert_clean(&v, "rate");
+    let bench_connections = u(&v, "/result/connections");
+    assert!(bench_connections > 0);
+
+    // A client that keeps its session: the first connection is full, the others resumed.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    for _ in 0..3 {
+        let name = "bench.test".try_into().unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let tcp = TcpStream::connect(&echo.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        tls.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
+        assert_eq!(
+            tls.conn.negotiated_cipher_suite().unwrap().suite(),
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        );
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    }
+
+    // SIGTERM: serve ends its loop and writes the summary.
+    let status = Command::new("kill")
+        .args(["-TERM", &echo.pid()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while echo.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "serve did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&summary).expect("serve wrote its summary");
+    let _ = std::fs::remove_dir_all(&dir);
+    let s: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(s["tls"], true);
+    // The bench client may leave a handshake unfinished when its run ends.
+    let full = u(&s, "/tls_full_handshakes");
+    assert!(
+        full > bench_connections && full <= u(&s, "/connections"),
+        "{s:#}"
+    );
+    assert_eq!(u(&s, "/tls_resumed_handshakes"), 2, "{s:#}");
+    assert_eq!(u(&s, "/tls_failed_handshakes"), 0, "{s:#}");
 }
 
 #[test]

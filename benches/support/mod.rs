@@ -178,18 +178,31 @@ pub fn haproxy_installed() -> bool {
 
 /// HAProxy 2.x in tcp mode on CPU 0, one thread, optionally with splice forced both ways.
 pub fn haproxy(upstream: u16, dir: &Path, splice: bool) -> (Proc, u16) {
-    let port = free_port();
-    let config = dir.join(format!("haproxy-{port}.cfg"));
     let splice_opts = if splice {
         "    option splice-request\n    option splice-response\n"
     } else {
         ""
     };
+    haproxy_with(upstream, dir, "", "", splice_opts)
+}
+
+/// Like `haproxy`, with `bind_opts` appended to the `bind` line (` ssl crt FILE`),
+/// `server_opts` to the `server` line (` ssl verify required ca-file FILE`) and `listen_extra`
+/// (whole lines) to the `listen` section.
+pub fn haproxy_with(
+    upstream: u16,
+    dir: &Path,
+    bind_opts: &str,
+    server_opts: &str,
+    listen_extra: &str,
+) -> (Proc, u16) {
+    let port = free_port();
+    let config = dir.join(format!("haproxy-{port}.cfg"));
     std::fs::write(
         &config,
         format!(
             "global\n    nbthread 1\n    maxconn 5000\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 60s\n    timeout server 60s\n\
-             listen bench\n    bind 127.0.0.1:{port}\n    backlog 4096\n{splice_opts}    server s1 127.0.0.1:{upstream}\n"
+             listen bench\n    bind 127.0.0.1:{port}{bind_opts}\n    backlog 4096\n{listen_extra}    server s1 127.0.0.1:{upstream}{server_opts}\n"
         ),
     )
     .unwrap();
@@ -477,6 +490,12 @@ pub fn nginx_available() -> Result<(), String> {
 /// nginx's stream module on CPU 0: one process (no master, so the pid is the one doing the
 /// work), copying both ways, in front of `upstream`.
 pub fn nginx(upstream: u16, dir: &Path) -> (Proc, u16) {
+    nginx_with(upstream, dir, "", "")
+}
+
+/// Like `nginx`, with `listen_opts` appended to the `listen` directive (` ssl`) and
+/// `server_extra` (whole directives) added to the stream `server` block.
+pub fn nginx_with(upstream: u16, dir: &Path, listen_opts: &str, server_extra: &str) -> (Proc, u16) {
     let port = free_port();
     let config = dir.join(format!("nginx-{port}.conf"));
     std::fs::write(
@@ -485,8 +504,8 @@ pub fn nginx(upstream: u16, dir: &Path) -> (Proc, u16) {
             "load_module {NGINX_STREAM_MODULE};\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
              worker_rlimit_nofile 20000;\npid {dir}/nginx-{port}.pid;\nerror_log stderr crit;\n\
              events {{\n    worker_connections 20000;\n}}\n\
-             stream {{\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n\
-                     proxy_connect_timeout 3s;\n        proxy_timeout 60s;\n\
+             stream {{\n    server {{\n        listen 127.0.0.1:{port}{listen_opts} backlog=4096;\n\
+                     proxy_connect_timeout 3s;\n        proxy_timeout 60s;\n{server_extra}\
                      proxy_pass 127.0.0.1:{upstream};\n    }}\n}}\n",
             dir = dir.display()
         ),
@@ -544,6 +563,11 @@ pub fn l4relay_with(
 
 /// The bench tool's upstream server on CPU 1, answering over TLS with `cert` and `key`.
 pub fn upstream_tls(mode: &str, cert: &Path, key: &Path) -> (Proc, u16) {
+    upstream_tls_with(mode, cert, key, &[])
+}
+
+/// Like `upstream_tls`, with more `serve` arguments (`--tls-version`, `--json FILE`, ...).
+pub fn upstream_tls_with(mode: &str, cert: &Path, key: &Path, extra: &[&str]) -> (Proc, u16) {
     let port = free_port();
     let child = pinned(1, &*BENCH)
         .args([
@@ -557,8 +581,36 @@ pub fn upstream_tls(mode: &str, cert: &Path, key: &Path) -> (Proc, u16) {
         .arg(cert)
         .arg("--tls-key")
         .arg(key)
+        .args(extra)
         .spawn()
         .unwrap();
     wait_for_port(port);
     (Proc(child), port)
+}
+
+/// Ends `serve` with SIGTERM and returns the summary it wrote to `json` (its `--json FILE`)
+/// as it exited.
+pub fn serve_summary(mut serve: Proc, json: &Path) -> Round<Value> {
+    let pid = libc::pid_t::try_from(serve.pid()).map_err(|e| e.to_string())?;
+    // SAFETY: kill(2) on our own child's pid, which is not yet reaped (Proc waits on drop), so
+    // the pid cannot have been reused.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(format!(
+            "cannot signal serve: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match serve.0.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => return Err("serve did not exit within 10 s of SIGTERM".into()),
+            Err(e) => return Err(format!("waiting for serve: {e}")),
+        }
+    }
+    let text = std::fs::read_to_string(json)
+        .map_err(|e| format!("serve wrote no summary to {}: {e}", json.display()))?;
+    let _ = std::fs::remove_file(json);
+    serde_json::from_str(&text).map_err(|e| format!("serve's summary is not JSON: {e}"))
 }
