@@ -3,8 +3,9 @@
 //! and originating it (plain client → proxy → TLS server), with the same certificates and the
 //! same cipher suites, in one interleaved run.
 //!
-//! Each proxy runs as a user would run it: l4relay with its default config (so its access log
-//! is on: text lines to stdout, which the bench sends to /dev/null), HAProxy with `bind ... ssl
+//! Each proxy runs as a user would run it: l4relay with its default config (its access log on:
+//! text lines to stdout, which the bench sends to /dev/null; the admin listener with its
+//! metrics on loopback), HAProxy with `bind ... ssl
 //! crt` and `server ... ssl verify required ca-file`, nginx with `listen ... ssl` and
 //! `proxy_ssl on; proxy_ssl_verify on; proxy_ssl_session_reuse on` (and `ssl_protocols` /
 //! `proxy_ssl_protocols TLSv1.2 TLSv1.3`: nginx 1.22's defaults leave TLS 1.3 out). Neither
@@ -37,6 +38,9 @@
 //!         # subsets: KEYS=ecdsa,rsa  VERSIONS=1.3,1.2
 //!         #          SCENARIOS=terminate,originate,bulk (the default), and `both`
 //!         #          (terminate and originate at once, handshakes only)
+//!     L4RELAY_ALT=/path/to/l4relay cargo bench --bench tls
+//!         # another build of l4relay as a column of its own (the crypto provider
+//!         # comparison: docs/performance.md)
 //!
 //! HAProxy and nginx are used when installed (Debian: `apt-get install haproxy nginx
 //! libnginx-mod-stream`); the report says when one is not. Traffic stays on 127.0.0.0/8; every
@@ -54,6 +58,8 @@ use support::*;
 #[derive(Clone, Copy, PartialEq)]
 enum Proxy {
     L4relay,
+    /// Another build of l4relay, from `L4RELAY_ALT` (e.g. with aws-lc-rs as its provider).
+    L4relayAlt,
     Haproxy,
     Nginx,
 }
@@ -62,13 +68,14 @@ impl Proxy {
     fn label(self) -> &'static str {
         match self {
             Proxy::L4relay => "l4relay",
+            Proxy::L4relayAlt => "l4relay (L4RELAY_ALT)",
             Proxy::Haproxy => "haproxy",
             Proxy::Nginx => "nginx stream",
         }
     }
 
     fn is_anchor(self) -> bool {
-        self != Proxy::L4relay
+        matches!(self, Proxy::Haproxy | Proxy::Nginx)
     }
 }
 
@@ -244,6 +251,11 @@ fn pki(kind: Key, dir: &Path) -> Result<Pki, String> {
     Ok(pki)
 }
 
+/// `L4RELAY_ALT`: another l4relay binary to run beside this build's, as a column of its own.
+fn alt_relay() -> Option<PathBuf> {
+    std::env::var_os("L4RELAY_ALT").map(PathBuf::from)
+}
+
 /// `proxy` in front of `upstream` for `scenario`, with `pki`'s files.
 fn start_proxy(
     proxy: Proxy,
@@ -254,7 +266,7 @@ fn start_proxy(
 ) -> (Proc, u16) {
     let (t, o) = (scenario.client_tls(), scenario.server_tls());
     match proxy {
-        Proxy::L4relay => {
+        Proxy::L4relay | Proxy::L4relayAlt => {
             let listener = if t {
                 format!(
                     "  [listener.tls]\n  cert = \"{}\"\n  key = \"{}\"\n",
@@ -272,10 +284,16 @@ fn start_proxy(
             } else {
                 String::new()
             };
-            // The daemon's default, written out because `l4relay_with` turns the log off
-            // otherwise: text lines to stdout (here /dev/null).
+            // The daemon's defaults, written out because `l4relay_with` turns them off
+            // otherwise: the access log's text lines to stdout (here /dev/null), the admin
+            // listener with its metrics on loopback.
             let global = "log_format = \"text\"";
-            l4relay_with(upstream, dir, global, "", &listener, &pool)
+            let admin = format!("listen = \"127.0.0.1:{}\"", free_port());
+            let binary = match proxy {
+                Proxy::L4relayAlt => alt_relay().expect("L4RELAY_ALT is set"),
+                _ => PathBuf::from(RELAY),
+            };
+            l4relay_binary_with(&binary, upstream, dir, global, &admin, &listener, &pool)
         }
         Proxy::Haproxy => {
             let bind = if t {
@@ -573,6 +591,10 @@ fn main() {
 
     let mut notes = Vec::new();
     let mut proxies = vec![Proxy::L4relay];
+    if let Some(alt) = alt_relay() {
+        notes.push(format!("l4relay (L4RELAY_ALT) is {}", alt.display()));
+        proxies.push(Proxy::L4relayAlt);
+    }
     if haproxy_installed() {
         proxies.push(Proxy::Haproxy);
     } else {

@@ -534,6 +534,28 @@ pub fn l4relay_with(
     listener_extra: &str,
     pool_extra: &str,
 ) -> (Proc, u16) {
+    l4relay_binary_with(
+        Path::new(RELAY),
+        upstream,
+        dir,
+        extra_global,
+        extra_admin,
+        listener_extra,
+        pool_extra,
+    )
+}
+
+/// Like `l4relay_with`, running the l4relay binary at `binary` (another build of it, e.g. with
+/// another crypto provider).
+pub fn l4relay_binary_with(
+    binary: &Path,
+    upstream: u16,
+    dir: &Path,
+    extra_global: &str,
+    extra_admin: &str,
+    listener_extra: &str,
+    pool_extra: &str,
+) -> (Proc, u16) {
     let port = free_port();
     let config = dir.join(format!("l4relay-{port}.toml"));
     // The access log is off unless `extra_global` sets its format.
@@ -542,16 +564,22 @@ pub fn l4relay_with(
     } else {
         "log_format = \"off\"\n"
     };
+    // The admin listener is off unless `extra_admin` gives its address.
+    let admin = if extra_admin.contains("listen") {
+        ""
+    } else {
+        "listen = \"off\"\n"
+    };
     std::fs::write(
         &config,
         format!(
-            "[global]\nworkers = 1\n{log}{extra_global}\n[admin]\nlisten = \"off\"\n{extra_admin}\n\n\
+            "[global]\nworkers = 1\n{log}{extra_global}\n[admin]\n{admin}{extra_admin}\n\n\
              [[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\nbacklog = 4096\n{listener_extra}\n\n\
              [[pool]]\nname = \"p\"\n{pool_extra}\n  [[pool.server]]\n  address = \"127.0.0.1:{upstream}\"\n"
         ),
     )
     .unwrap();
-    let child = pinned(0, RELAY)
+    let child = pinned(0, binary)
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
