@@ -108,12 +108,17 @@ async fn iperf3_through_the_relay_in_both_directions_delivers_every_byte() {
             "{shown}"
         );
         if reverse {
-            // The server sends, the client reads until the server's end: every byte, as
-            // sent, as carried, as received.
+            // The server sends, the client reads: every byte, as sent, as carried, as
+            // received. Which side closes the data connection first is iperf3's race (the
+            // client may close it on the control connection's end of test before the
+            // server's FIN arrives); either is a clean end.
             assert_eq!(received, sent, "{end}");
             assert_eq!(bytes(data, "bytes_s2c"), BYTES, "{shown}");
             assert_eq!(bytes(data, "bytes_c2s"), 37, "{shown}");
-            assert_eq!(field(data, "end"), Some("server_closed"), "{shown}");
+            assert!(
+                matches!(field(data, "end"), Some("server_closed" | "client_closed")),
+                "{shown}"
+            );
         } else {
             // iperf3's server stops reading when the client's end of test arrives on the
             // control connection, which overtakes the data still in flight, and closes with
