@@ -259,17 +259,6 @@ impl Cell {
     }
 }
 
-fn fmt(v: f64) -> String {
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
 struct Results {
     proxies: Vec<Proxy>,
     scenarios: Vec<Scenario>,

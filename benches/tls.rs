@@ -434,17 +434,6 @@ fn run_once(proxy: Proxy, case: Case, seconds: u64, pki: &Pki, dir: &Path) -> Ro
 
 type Samples = Rounds<Figures>;
 
-fn fmt(v: f64) -> String {
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
 /// l4relay's CPU over the best (lowest) anchor's: `0.72× (haproxy) ✅`, against the 0.8.
 fn ratio(cases: &[Samples], proxies: &[Proxy]) -> (String, Option<f64>) {
     let cpu = |p: usize| cases[p].median(|f| f.cpu);

@@ -642,3 +642,15 @@ pub fn serve_summary(mut serve: Proc, json: &Path) -> Round<Value> {
     let _ = std::fs::remove_file(json);
     serde_json::from_str(&text).map_err(|e| format!("serve's summary is not JSON: {e}"))
 }
+
+/// A figure with three significant digits or so, as the reports show them: 1234, 12.3, 1.23.
+pub fn fmt(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
