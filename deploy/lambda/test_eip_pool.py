@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 import boto3
+import botocore.client
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
@@ -366,6 +367,17 @@ def aws(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    # moto's backends are not thread-safe: a thread iterating one of its dicts while another
+    # thread's call changes it raises RuntimeError. One lock around every API call stands for
+    # the service's own serialisation; the threaded tests race between calls, never inside one.
+    calls = threading.RLock()
+    make_api_call = botocore.client.BaseClient._make_api_call
+
+    def serialised(self: Any, operation: str, params: Any) -> Any:
+        with calls:
+            return make_api_call(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", serialised)
     with mock_aws():
         yield
 
