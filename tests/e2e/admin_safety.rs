@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 const OLD_TOKEN: &str = "old-token-0123456789abcdef";
@@ -18,22 +18,7 @@ const NEW_TOKEN: &str = "new-token-fedcba9876543210";
 
 /// A raw request to `addr` with the given extra header lines: (status, body).
 async fn request(addr: SocketAddr, head: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to admin");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(STEP_LIMIT, stream.read_to_string(&mut response))
-        .await
-        .expect("admin answered in time")
-        .unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
+    raw_request(addr, head.as_bytes()).await
 }
 
 async fn post(admin: SocketAddr, token: Option<&str>) -> u16 {

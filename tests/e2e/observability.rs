@@ -10,25 +10,9 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// GET `path` from `addr`, optionally after `prefix` bytes (a PROXY header): (status, body).
 async fn http_get(addr: SocketAddr, path: &str, prefix: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to admin");
     let mut request = prefix.to_vec();
     request.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes());
-    stream.write_all(&request).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-        .await
-        .expect("admin answered in time")
-        .unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    raw_request(addr, &request).await
 }
 
 /// Parses Prometheus text into "name{labels}" → value.

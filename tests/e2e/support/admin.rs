@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::log::parse_rfc3339;
+use super::net::STEP_LIMIT;
 use super::process::RelayProcess;
 
 /// One HTTP/1.1 request to the admin listener: (status, body).
@@ -21,13 +22,19 @@ pub async fn admin_request(
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{auth}Content-Length: 0\r\n\r\n");
-    let mut stream = TcpStream::connect(admin).await.expect("connect to admin");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    raw_request(admin, request.as_bytes()).await
+}
+
+/// Sends `request` as it is (a PROXY header, a request head with any headers) and reads the
+/// answer to its end: (status, body); status 0 when the answer is not HTTP.
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to admin");
+    stream.write_all(request).await.unwrap();
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
+    tokio::time::timeout(STEP_LIMIT, stream.read_to_string(&mut response))
         .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        .expect("admin answered in time")
+        .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(request)));
     let status = response
         .split(' ')
         .nth(1)
