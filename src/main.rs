@@ -60,6 +60,8 @@ fn main() -> ExitCode {
             config: path,
             takeover,
         } => {
+            // First, while the process is one thread: this may execute it again.
+            let copies = l4relay::daemon::platform::tune_copies();
             let config = match Config::load(&path) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
                 }
             };
             l4relay::observe::logging::init(&config.global.log_level);
+            copies.log();
             let code = match l4relay::daemon::run(config, l4relay::daemon::Options { takeover }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -31,6 +31,7 @@ mod admin;
 mod connections;
 mod heartbeat;
 mod notify;
+pub mod platform;
 mod readiness;
 mod status_page;
 use crate::config::{Config, Drain};

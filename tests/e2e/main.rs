@@ -31,6 +31,7 @@ mod dashboard;
 mod lifecycle;
 mod logging;
 mod observability;
+mod platform;
 mod status_page;
 mod streams;
 
