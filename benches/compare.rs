@@ -3,7 +3,8 @@
 //! lines to a file with the default buffer and flush interval, and the admin listener with its
 //! metrics on loopback) and the anchors (HAProxy in tcp mode copying and with splice forced,
 //! nginx's stream module) on bulk throughput, short connections, keep-alive requests and idle
-//! connections. The default column runs where connections and requests are the load (short,
+//! connections. On short connections nginx also runs with `proxy_half_close on`, the FIN
+//! handling l4relay and HAProxy have by default, as a reference beside the anchors. The default column runs where connections and requests are the load (short,
 //! keep-alive, p50); every other l4relay runs with the log and the admin listener off, and
 //! neither HAProxy nor nginx logs.
 //!
@@ -41,6 +42,10 @@ enum Proxy {
         splice: bool,
     },
     Nginx,
+    /// nginx with `proxy_half_close on`: passes each side's FIN on as l4relay and HAProxy do
+    /// (nginx's default closes both sides at the first FIN). A reference for short
+    /// connections, not an anchor: the targets are against each proxy's default.
+    NginxHalfClose,
 }
 
 impl Proxy {
@@ -52,6 +57,7 @@ impl Proxy {
             Proxy::Haproxy { splice: false } => "haproxy copy".into(),
             Proxy::Haproxy { splice: true } => "haproxy splice".into(),
             Proxy::Nginx => "nginx copy".into(),
+            Proxy::NginxHalfClose => "nginx half-close".into(),
         }
     }
 
@@ -74,6 +80,7 @@ impl Proxy {
             }
             Proxy::Haproxy { splice } => haproxy(upstream, dir, splice),
             Proxy::Nginx => nginx(upstream, dir),
+            Proxy::NginxHalfClose => nginx_with(upstream, dir, "", "proxy_half_close on;\n"),
         };
         (Some(p), port)
     }
@@ -648,6 +655,7 @@ fn chart(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         RGBColor(214, 39, 40),
         RGBColor(44, 160, 44),
         RGBColor(148, 103, 189),
+        RGBColor(188, 189, 34),
     ];
     let root = SVGBackend::new(path, (1200, 760)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -761,7 +769,7 @@ fn main() {
             .push("haproxy is not installed (apt-get install haproxy): compared without it".into());
     }
     match nginx_available() {
-        Ok(()) => proxies.push(Proxy::Nginx),
+        Ok(()) => proxies.extend([Proxy::Nginx, Proxy::NginxHalfClose]),
         Err(why) => notes.push(format!("{why}: compared without nginx")),
     }
     for n in &notes {
@@ -790,10 +798,11 @@ fn main() {
             for (pi, p) in proxies.iter().enumerate() {
                 // Idle measures the proxy process; a direct connection has none. The access log
                 // and the metrics cost per connection and per request: bulk and idle leave the
-                // default column out.
+                // default column out. Half-close matters where connections are the load.
                 if (*sc == Scenario::Idle && *p == Proxy::Direct)
                     || (*p == Proxy::L4relayLogged
                         && matches!(sc, Scenario::Bulk { .. } | Scenario::Idle))
+                    || (*p == Proxy::NginxHalfClose && *sc != Scenario::Short)
                 {
                     continue;
                 }
