@@ -1,9 +1,11 @@
 //! Adjustments to the platform the daemon makes once, before it starts: today one, glibc's
 //! strategy for copying memory on AMD CPUs.
 //!
-//! glibc before 2.39 copies blocks from about 2 KiB up with `rep movsb` on AMD CPUs, which Zen
+//! glibc before 2.40 copies blocks from about 2 KiB up with `rep movsb` on AMD CPUs, which Zen
 //! cores run many times slower than vector loops when the source and destination lie at nearby
-//! offsets within their pages (glibc bug 30994; 2.39 stops using `rep movsb` there). rustls
+//! offsets within their pages (glibc bug 30994; the fix, in 2.40 and some distributions'
+//! backports, stops using `rep movsb` there, so setting the threshold on such a host changes
+//! nothing). rustls
 //! copies each decrypted TLS record (16 KiB, read from an odd offset) this way, so on such a host
 //! that one copy was a third of the relay's CPU while decrypting. glibc reads its tunables only
 //! when a program starts, so the daemon executes itself again, once, with
@@ -15,7 +17,7 @@ use std::ffi::OsString;
 use std::io;
 
 /// The tunable the daemon sets, and its value: above any AMD L2 cache, so glibc's copies below
-/// the size where it streams anyway use vector loops, as glibc 2.39 does on these CPUs.
+/// the size where it streams anyway use vector loops, as glibc 2.40 does on these CPUs.
 const TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold";
 const THRESHOLD: u64 = 4 << 20;
 
@@ -23,7 +25,7 @@ const THRESHOLD: u64 = 4 << 20;
 /// executes the daemon again).
 #[derive(Debug)]
 pub enum Copies {
-    /// Nothing to change on this host (not AMD, or glibc 2.39 or later, or not glibc).
+    /// Nothing to change on this host (not AMD, or glibc 2.40 or later, or not glibc).
     Default,
     /// `GLIBC_TUNABLES` sets the threshold: this text is its value.
     Tuned(String),
@@ -72,7 +74,7 @@ struct Host {
 
 /// The `GLIBC_TUNABLES` to start again with, if this host needs the threshold.
 fn tunables_for(host: Host, current: Option<&str>) -> Option<String> {
-    let affected = host.amd && host.glibc.is_some_and(|version| version < (2, 39));
+    let affected = host.amd && host.glibc.is_some_and(|version| version < (2, 40));
     if !affected || current.and_then(threshold_in).is_some() {
         return None;
     }
@@ -147,18 +149,20 @@ mod tests {
     };
 
     #[test]
-    fn only_amd_hosts_on_glibc_before_2_39_need_the_threshold() {
+    fn only_amd_hosts_on_glibc_before_2_40_need_the_threshold() {
         let ours = format!("{TUNABLE}={THRESHOLD}");
         assert_eq!(tunables_for(AMD_236, None), Some(ours.clone()));
         assert_eq!(tunables_for(AMD_236, Some("")), Some(ours.clone()));
-        let amd_234 = Host {
-            glibc: Some((2, 34)),
-            ..AMD_236
-        };
-        assert_eq!(tunables_for(amd_234, None), Some(ours));
+        for glibc in [(2, 34), (2, 39)] {
+            let host = Host {
+                glibc: Some(glibc),
+                ..AMD_236
+            };
+            assert_eq!(tunables_for(host, None), Some(ours.clone()), "{host:?}");
+        }
         for host in [
             Host {
-                glibc: Some((2, 39)),
+                glibc: Some((2, 40)),
                 ..AMD_236
             },
             Host {

@@ -1,4 +1,4 @@
-//! The daemon's adjustment to the platform at startup: on AMD CPUs with glibc before 2.39 it
+//! The daemon's adjustment to the platform at startup: on AMD CPUs with glibc before 2.40 it
 //! executes itself again with glibc's `rep movsb` threshold raised (glibc bug 30994), keeps its
 //! process id while doing so, and leaves a threshold the environment sets alone.
 
@@ -29,7 +29,7 @@ fn host_needs_the_threshold() -> bool {
         .split('.')
         .filter_map(|part| part.parse().ok())
         .collect();
-    amd && cfg!(target_arch = "x86_64") && version.len() >= 2 && (version[0], version[1]) < (2, 39)
+    amd && cfg!(target_arch = "x86_64") && version.len() >= 2 && (version[0], version[1]) < (2, 40)
 }
 
 /// The process the test started is the one relaying: the executable behind its pid is l4relay.
