@@ -1,6 +1,7 @@
 //! The daemon's adjustment to the platform at startup: on AMD CPUs with glibc before 2.40 it
 //! executes itself again with glibc's `rep movsb` threshold raised (glibc bug 30994), keeps its
-//! process id while doing so, and leaves a threshold the environment sets alone.
+//! process id while doing so, does it once at most, and leaves a threshold the environment sets
+//! alone.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -98,4 +99,80 @@ async fn a_threshold_set_in_the_environment_is_left_as_it_is() {
     );
     assert!(!said.contains("4194304"), "{said}");
     assert_eq!(echoed(listen, b"untouched").await, b"untouched");
+}
+
+/// A second start that finds no threshold (as under a glibc that drops the tunable) says so and
+/// runs on: it never executes itself a third time.
+#[tokio::test]
+async fn a_second_start_without_the_threshold_runs_on_and_says_so() {
+    let (upstream, _accepted) = echo_server().await;
+    let launch = Launch {
+        envs: &[("L4RELAY_REEXECUTED_FOR_COPIES", "1")],
+        ..Launch::default()
+    };
+    let (relay, [listen]) =
+        start_relay_with(launch, |[listen]| config(listen, &[upstream], "", ""));
+    let said = relay.stderr();
+    assert_eq!(
+        said.contains("glibc did not keep it"),
+        host_needs_the_threshold(),
+        "{said}"
+    );
+    assert!(!said.contains("glibc copies without rep movsb"), "{said}");
+    assert!(is_l4relay(relay.pid()));
+    assert_eq!(said.matches("relaying on").count(), 1, "{said}");
+    assert_eq!(echoed(listen, b"once").await, b"once");
+}
+
+/// A daemon given file capabilities (to bind port 443 without root) runs in secure-execution
+/// mode, where glibc ignores GLIBC_TUNABLES: it must not start again, once or in a loop.
+#[tokio::test]
+#[ignore = "needs root, setcap (libcap2-bin) and setpriv (util-linux): run with --ignored"]
+async fn with_file_capabilities_it_does_not_start_again() {
+    require(
+        "root, setcap (libcap2-bin) and setpriv (util-linux)",
+        runs(
+            "sh",
+            &[
+                "-c",
+                "test \"$(id -u)\" = 0 && command -v setcap && command -v setpriv",
+            ],
+        ),
+    );
+    let (upstream, _accepted) = echo_server().await;
+    // A copy with a file capability, where an unprivileged user can run it.
+    let dir = scratch_dir("capabilities");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let copy = dir.join("l4relay");
+    std::fs::copy(BIN, &copy).unwrap();
+    require(
+        "setcap on a file in the temp dir",
+        runs(
+            "setcap",
+            &["cap_net_bind_service+ep", copy.to_str().unwrap()],
+        ),
+    );
+    // The prefix ends by executing the copy as nobody; the launcher's own exec never runs.
+    let prefix = format!(
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups {} run --config \"$1\"",
+        copy.display()
+    );
+    let launch = Launch {
+        shell_prefix: Some(&prefix),
+        ..Launch::default()
+    };
+    let (relay, [listen]) =
+        start_relay_with(launch, |[listen]| config(listen, &[upstream], "", ""));
+    let said = relay.stderr();
+    assert!(!said.contains("glibc copies"), "{said}");
+    assert!(!said.contains("did not keep it"), "{said}");
+    assert_eq!(said.matches("relaying on").count(), 1, "{said}");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", relay.pid())).unwrap();
+    assert_eq!(
+        exe, copy,
+        "the capable copy is what runs, as the pid started"
+    );
+    assert_eq!(echoed(listen, b"capable").await, b"capable");
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
 }
