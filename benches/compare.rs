@@ -4,9 +4,10 @@
 //! metrics on loopback) and the anchors (HAProxy in tcp mode copying and with splice forced,
 //! nginx's stream module) on bulk throughput, short connections, keep-alive requests and idle
 //! connections. On short connections nginx also runs with `proxy_half_close on`, the FIN
-//! handling l4relay and HAProxy have by default, as a reference beside the anchors. The default column runs where connections and requests are the load (short,
-//! keep-alive, p50); every other l4relay runs with the log and the admin listener off, and
-//! neither HAProxy nor nginx logs.
+//! handling l4relay and HAProxy have by default, as a reference beside the anchors. The default
+//! column runs where connections and requests are the load (short, keep-alive, p50); every
+//! other l4relay runs with the log and the admin listener off, and neither HAProxy nor nginx
+//! logs.
 //!
 //! The proxy under test is pinned to CPU 0, the load (the bench tool's client and its upstream
 //! server) to CPU 1; each proxy is started afresh for every run. Scenarios are interleaved (every

@@ -99,8 +99,8 @@ fn decide(host: Host, current: Option<&str>, second_start: bool) -> Decision {
         return Decision::Keep(Copies::Dropped);
     }
     match tunables_for(host, current) {
-        Some(tunables) if !host.secure => Decision::Exec(tunables),
-        _ => Decision::Keep(Copies::Default),
+        Some(tunables) => Decision::Exec(tunables),
+        None => Decision::Keep(Copies::Default),
     }
 }
 
@@ -114,9 +114,10 @@ struct Host {
     secure: bool,
 }
 
-/// The `GLIBC_TUNABLES` to start again with, if this host needs the threshold.
+/// The `GLIBC_TUNABLES` to start again with, if this host needs the threshold and glibc would
+/// take it (not in secure-execution mode).
 fn tunables_for(host: Host, current: Option<&str>) -> Option<String> {
-    let affected = host.amd && host.glibc.is_some_and(|version| version < (2, 40));
+    let affected = host.amd && !host.secure && host.glibc.is_some_and(|version| version < (2, 40));
     if !affected || current.and_then(threshold_in).is_some() {
         return None;
     }

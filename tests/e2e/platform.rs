@@ -56,10 +56,18 @@ async fn echoed(listen: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     answer
 }
 
+/// The relay, started as `launch` says, in front of an echo server: the process and its listen
+/// address.
+async fn relay_before_echo(launch: Launch<'_>) -> (RelayProcess, SocketAddr) {
+    let (upstream, _accepted) = echo_server().await;
+    let (relay, [listen]) =
+        start_relay_with(launch, |[listen]| config(listen, &[upstream], "", ""));
+    (relay, listen)
+}
+
 #[tokio::test]
 async fn on_affected_hosts_the_daemon_restarts_itself_once_with_the_copy_threshold() {
-    let (upstream, _accepted) = echo_server().await;
-    let (relay, [listen]) = start_relay(|[listen]| config(listen, &[upstream], "", ""));
+    let (relay, listen) = relay_before_echo(Launch::default()).await;
     let said = relay.stderr();
     let tuned = said.contains("glibc copies without rep movsb below 4194304 bytes");
     assert_eq!(
@@ -82,7 +90,6 @@ async fn on_affected_hosts_the_daemon_restarts_itself_once_with_the_copy_thresho
 
 #[tokio::test]
 async fn a_threshold_set_in_the_environment_is_left_as_it_is() {
-    let (upstream, _accepted) = echo_server().await;
     let launch = Launch {
         envs: &[(
             "GLIBC_TUNABLES",
@@ -90,8 +97,7 @@ async fn a_threshold_set_in_the_environment_is_left_as_it_is() {
         )],
         ..Launch::default()
     };
-    let (relay, [listen]) =
-        start_relay_with(launch, |[listen]| config(listen, &[upstream], "", ""));
+    let (relay, listen) = relay_before_echo(launch).await;
     let said = relay.stderr();
     assert!(
         said.contains("glibc copies without rep movsb below 8192 bytes"),
@@ -105,13 +111,11 @@ async fn a_threshold_set_in_the_environment_is_left_as_it_is() {
 /// runs on: it never executes itself a third time.
 #[tokio::test]
 async fn a_second_start_without_the_threshold_runs_on_and_says_so() {
-    let (upstream, _accepted) = echo_server().await;
     let launch = Launch {
         envs: &[("L4RELAY_REEXECUTED_FOR_COPIES", "1")],
         ..Launch::default()
     };
-    let (relay, [listen]) =
-        start_relay_with(launch, |[listen]| config(listen, &[upstream], "", ""));
+    let (relay, listen) = relay_before_echo(launch).await;
     let said = relay.stderr();
     assert_eq!(
         said.contains("glibc did not keep it"),
@@ -139,7 +143,6 @@ async fn with_file_capabilities_it_does_not_start_again() {
             ],
         ),
     );
-    let (upstream, _accepted) = echo_server().await;
     // A copy with a file capability, where an unprivileged user can run it.
     let dir = scratch_dir("capabilities");
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -161,8 +164,7 @@ async fn with_file_capabilities_it_does_not_start_again() {
         shell_prefix: Some(&prefix),
         ..Launch::default()
     };
-    let (relay, [listen]) =
-        start_relay_with(launch, |[listen]| config(listen, &[upstream], "", ""));
+    let (relay, listen) = relay_before_echo(launch).await;
     let said = relay.stderr();
     assert!(!said.contains("glibc copies"), "{said}");
     assert!(!said.contains("did not keep it"), "{said}");
